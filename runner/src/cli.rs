@@ -1,0 +1,290 @@
+//! The command line: clap parses it into [`Cli`], [`Cli::validate`] turns that into a
+//! [`RunConfig`] that holds only valid, ready-to-use values.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+use crate::checkpoint::JobId;
+use crate::outcome::EXIT_CODES;
+
+/// Runs a batch job compiled to a WebAssembly component, and stops it cleanly.
+///
+/// SIGTERM, SIGINT and SIGHUP become a shutdown request the job sees (through the
+/// runner:job/lifecycle interface); the job saves a checkpoint and returns, and the next
+/// run resumes from it. A job that has not returned when the grace period ends is
+/// stopped by force, whether it is computing or blocked, and the runner exits with a
+/// code that says what happened. A second signal forces the stop at once.
+#[derive(Debug, Parser)]
+#[command(
+    name = "runner",
+    version,
+    override_usage = "runner [OPTIONS] JOB.wasm [ARGS]...",
+    after_help = EXIT_CODES,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// How long the job has, after a shutdown request, to save its state and return
+    /// before it is stopped by force. Keep it shorter than the time your orchestrator
+    /// waits before SIGKILL (Kubernetes: terminationGracePeriodSeconds, 30s by default).
+    #[arg(long, value_name = "DURATION", env = "RUNNER_GRACE", default_value = "25s",
+          value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// Ask the job to stop after it has run this long (counted from when the job
+    /// starts, after it is compiled), then stop it by force after the grace period.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+
+    /// Where checkpoints are kept, one directory per job id. Default: $RUNNER_STATE_DIR,
+    /// else $XDG_STATE_HOME/runner, else ~/.local/state/runner.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// The job's identity: runs with the same id share (and resume from) one checkpoint.
+    /// Letters, digits, '.', '_' and '-'. Default: the job file's name without its
+    /// extension.
+    #[arg(long, value_name = "ID")]
+    pub job_id: Option<String>,
+
+    /// Give the job a host directory, at GUEST inside the job (default: the same path).
+    /// May be repeated. The job sees no other files.
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    pub dirs: Vec<DirMapping>,
+
+    /// Set an environment variable for the job; NAME alone passes the runner's own
+    /// value. May be repeated. The job sees no other variables.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env)]
+    pub envs: Vec<EnvSetting>,
+
+    /// The job (a WebAssembly component of the runner:job/job world), then the
+    /// arguments it gets. Everything after the job file goes to the job.
+    #[arg(
+        value_name = "JOB.wasm [ARGS]",
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub job_and_args: Vec<OsString>,
+}
+
+/// A `--dir` mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirMapping {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the job sees it.
+    pub guest: String,
+}
+
+/// An `--env` setting as given: a value, or a name to pass from the runner's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvSetting {
+    name: String,
+    value: Option<String>,
+}
+
+/// Everything a run needs, validated.
+#[derive(Debug)]
+pub struct RunConfig {
+    /// The job file.
+    pub job: PathBuf,
+    /// The job's arguments; the first is the job file's name.
+    pub args: Vec<String>,
+    /// The grace period after a shutdown request.
+    pub grace: Duration,
+    /// The runner's own deadline for the job.
+    pub timeout: Option<Duration>,
+    /// Where checkpoints are kept.
+    pub state_dir: PathBuf,
+    /// The job's identity in the state directory.
+    pub job_id: JobId,
+    /// Preopened directories.
+    pub dirs: Vec<DirMapping>,
+    /// The job's environment.
+    pub env: Vec<(String, String)>,
+}
+
+impl Cli {
+    /// Checks the parsed command line against the environment and builds a
+    /// [`RunConfig`].
+    pub fn validate(self) -> Result<RunConfig> {
+        let mut job_and_args = self.job_and_args.into_iter();
+        let job = PathBuf::from(job_and_args.next().context("no job file given")?);
+        let name = job
+            .file_name()
+            .with_context(|| format!("job path `{}` names no file", job.display()))?
+            .to_str()
+            .with_context(|| format!("job file name `{}` is not UTF-8", job.display()))?
+            .to_owned();
+        let mut args = vec![name];
+        for arg in job_and_args {
+            args.push(arg.into_string().map_err(|arg| {
+                anyhow::anyhow!("job argument `{}` is not UTF-8", arg.to_string_lossy())
+            })?);
+        }
+
+        let job_id = match self.job_id {
+            Some(id) => JobId::new(&id).context("invalid --job-id")?,
+            None => default_job_id(&job)?,
+        };
+        let state_dir = match self.state_dir {
+            Some(dir) => dir,
+            None => default_state_dir()?,
+        };
+
+        for dir in &self.dirs {
+            if !dir.host.is_dir() {
+                bail!(
+                    "--dir {}: `{}` is not a directory",
+                    dir.host.display(),
+                    dir.host.display()
+                );
+            }
+        }
+        let mut env = Vec::with_capacity(self.envs.len());
+        for setting in self.envs {
+            let value = match setting.value {
+                Some(value) => value,
+                None => env::var(&setting.name).with_context(|| {
+                    format!(
+                        "--env {0}: {0} is not set (or not UTF-8) in the runner's environment",
+                        setting.name
+                    )
+                })?,
+            };
+            env.push((setting.name, value));
+        }
+
+        Ok(RunConfig {
+            job,
+            args,
+            grace: self.grace,
+            timeout: self.timeout,
+            state_dir,
+            job_id,
+            dirs: self.dirs,
+            env,
+        })
+    }
+}
+
+fn default_job_id(job: &Path) -> Result<JobId> {
+    let stem = job.file_stem().and_then(|stem| stem.to_str()).unwrap_or("");
+    JobId::new(stem).with_context(|| {
+        format!("cannot use the job file's name `{stem}` as its id: pass --job-id",)
+    })
+}
+
+fn default_state_dir() -> Result<PathBuf> {
+    let non_empty = |name| env::var_os(name).filter(|value| !value.is_empty());
+    if let Some(dir) = non_empty("RUNNER_STATE_DIR") {
+        return Ok(dir.into());
+    }
+    if let Some(dir) = non_empty("XDG_STATE_HOME") {
+        return Ok(PathBuf::from(dir).join("runner"));
+    }
+    if let Some(home) = non_empty("HOME") {
+        return Ok(PathBuf::from(home).join(".local/state/runner"));
+    }
+    bail!("no state directory: pass --state-dir or set RUNNER_STATE_DIR")
+}
+
+/// Parses `500ms`, `25s`, `2m`, `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("`{text}` is not a duration like 500ms, 25s or 2m ({error})"))
+}
+
+/// Formats a duration the way [`parse_duration`] reads it.
+pub fn format_duration(duration: Duration) -> String {
+    humantime::format_duration(duration).to_string()
+}
+
+fn parse_dir(text: &str) -> Result<DirMapping, String> {
+    let (host, guest) = match text.split_once("::") {
+        Some((host, guest)) => (host, guest),
+        None => (text, text),
+    };
+    if host.is_empty() || guest.is_empty() {
+        return Err(format!("`{text}` is not HOST or HOST::GUEST"));
+    }
+    Ok(DirMapping {
+        host: host.into(),
+        guest: guest.into(),
+    })
+}
+
+fn parse_env(text: &str) -> Result<EnvSetting, String> {
+    let (name, value) = match text.split_once('=') {
+        Some((name, value)) => (name, Some(value.to_owned())),
+        None => (text, None),
+    };
+    if name.is_empty() {
+        return Err(format!("`{text}` is not NAME or NAME=VALUE"));
+    }
+    Ok(EnvSetting {
+        name: name.into(),
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("25").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(format_duration(Duration::from_secs(25)), "25s");
+    }
+
+    #[test]
+    fn dirs_and_envs() {
+        assert_eq!(
+            parse_dir("/data::/input"),
+            Ok(DirMapping {
+                host: "/data".into(),
+                guest: "/input".into()
+            })
+        );
+        assert_eq!(parse_dir("data").map(|d| d.guest), Ok("data".into()));
+        assert!(parse_dir("::/x").is_err());
+        assert_eq!(
+            parse_env("A=b=c"),
+            Ok(EnvSetting {
+                name: "A".into(),
+                value: Some("b=c".into())
+            })
+        );
+        assert!(parse_env("=x").is_err());
+    }
+
+    #[test]
+    fn everything_after_the_job_goes_to_the_job() {
+        let cli = Cli::try_parse_from(["runner", "--grace", "1s", "job.wasm", "--grace", "x"])
+            .expect("parses");
+        assert_eq!(cli.grace, Duration::from_secs(1));
+        assert_eq!(cli.job_and_args, ["job.wasm", "--grace", "x"]);
+        let config = Cli::try_parse_from(["runner", "--state-dir", "/s", "dir/my-job.wasm", "a"])
+            .expect("parses")
+            .validate()
+            .expect("valid");
+        assert_eq!(config.args, ["my-job.wasm", "a"]);
+        assert_eq!(config.job_id.as_str(), "my-job");
+    }
+}

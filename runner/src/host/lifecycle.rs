@@ -1,0 +1,116 @@
+//! `runner:job/lifecycle`: the job's view of the shutdown state.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime_wasi::HostMonotonicClock;
+use wasmtime_wasi::p2::{DynPollable, Pollable};
+
+use super::bindings::runner::job::lifecycle::{Host, StopReason as WitStopReason};
+use crate::shutdown::{Request, Shutdown, StopReason};
+
+/// The lifecycle host: the run's shutdown state, and the zero of the job's monotonic
+/// clock, so that `deadline` is an instant on the clock the job reads.
+#[derive(Debug)]
+pub struct Lifecycle {
+    shutdown: Arc<Shutdown>,
+    clock_zero: Instant,
+}
+
+impl Lifecycle {
+    pub(super) fn new(shutdown: Arc<Shutdown>, clock_zero: Instant) -> Self {
+        Lifecycle {
+            shutdown,
+            clock_zero,
+        }
+    }
+}
+
+/// The job's `wasi:clocks/monotonic-clock`: nanoseconds since `zero`, the same zero
+/// `lifecycle.deadline` counts from.
+#[derive(Debug, Clone, Copy)]
+pub struct RunnerClock {
+    zero: Instant,
+}
+
+impl RunnerClock {
+    /// A clock that reads 0 at `zero`.
+    pub fn new(zero: Instant) -> Self {
+        RunnerClock { zero }
+    }
+}
+
+impl HostMonotonicClock for RunnerClock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+
+    fn now(&self) -> u64 {
+        nanos_since(self.zero, Instant::now())
+    }
+}
+
+fn nanos_since(zero: Instant, instant: Instant) -> u64 {
+    u64::try_from(instant.saturating_duration_since(zero).as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// What the lifecycle functions need from the store: the state and the resource table
+/// (for the pollable).
+pub(super) struct LifecycleView<'a> {
+    pub(super) lifecycle: &'a Lifecycle,
+    pub(super) table: &'a mut ResourceTable,
+}
+
+pub(super) struct LifecycleData;
+
+impl HasData for LifecycleData {
+    type Data<'a> = LifecycleView<'a>;
+}
+
+/// Ready once shutdown is requested, and stays ready.
+struct ShutdownPollable(watch::Receiver<Option<Request>>);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for ShutdownPollable {
+    async fn ready(&mut self) {
+        // An error means the sender is gone, which only happens as the run ends:
+        // being ready then is harmless.
+        let _ = self.0.wait_for(Option::is_some).await;
+    }
+}
+
+impl Host for LifecycleView<'_> {
+    fn shutdown_requested(&mut self) -> wasmtime::Result<bool> {
+        Ok(self.lifecycle.shutdown.current().is_some())
+    }
+
+    fn subscribe_shutdown(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
+        let pollable = self
+            .table
+            .push(ShutdownPollable(self.lifecycle.shutdown.subscribe()))?;
+        wasmtime_wasi::p2::subscribe(self.table, pollable)
+    }
+
+    fn deadline(&mut self) -> wasmtime::Result<Option<u64>> {
+        Ok(self
+            .lifecycle
+            .shutdown
+            .current()
+            .map(|request| nanos_since(self.lifecycle.clock_zero, request.deadline)))
+    }
+
+    fn shutdown_reason(&mut self) -> wasmtime::Result<Option<WitStopReason>> {
+        Ok(self
+            .lifecycle
+            .shutdown
+            .current()
+            .map(|request| match request.reason {
+                StopReason::Terminate => WitStopReason::Terminate,
+                StopReason::Interrupt => WitStopReason::Interrupt,
+                StopReason::Hangup => WitStopReason::Hangup,
+                StopReason::Timeout => WitStopReason::Timeout,
+            }))
+    }
+}

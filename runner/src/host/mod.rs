@@ -1,0 +1,109 @@
+//! The host side of the `runner:job` world: one module per WIT interface, the generated
+//! bindings kept private, and [`JobState`], the data of the job's store.
+
+mod checkpoint;
+mod lifecycle;
+mod progress;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+pub use checkpoint::Checkpoints;
+pub use lifecycle::{Lifecycle, RunnerClock};
+pub use progress::Progress;
+
+use crate::checkpoint::{Record, Store};
+use crate::shutdown::Shutdown;
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "runner:job/job",
+        imports: {
+            // The only import that does I/O: async, so a forced stop can cancel it.
+            "runner:job/checkpoint.save": async | trappable,
+            default: trappable,
+        },
+        exports: { default: async },
+        with: {
+            "wasi": wasmtime_wasi::p2::bindings,
+        },
+    });
+}
+
+/// How a job's `run` ended when it returned.
+pub use bindings::Outcome as JobOutcome;
+pub use bindings::{Job, JobPre};
+
+/// The data of a job's store.
+pub struct JobState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    lifecycle: Lifecycle,
+    checkpoints: Checkpoints,
+    progress: Progress,
+}
+
+impl std::fmt::Debug for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobState")
+            .field("checkpoints", &self.checkpoints)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobState {
+    /// The state of a job that sees `wasi` (built with a [`RunnerClock`] started at
+    /// `clock_zero`), is stopped through `shutdown`, and commits to `store`, whose last
+    /// committed record is `committed`.
+    pub fn new(
+        wasi: WasiCtx,
+        clock_zero: Instant,
+        shutdown: Arc<Shutdown>,
+        store: Arc<dyn Store>,
+        committed: Option<Record>,
+    ) -> Self {
+        JobState {
+            wasi,
+            table: ResourceTable::new(),
+            lifecycle: Lifecycle::new(shutdown, clock_zero),
+            checkpoints: Checkpoints::new(store, committed),
+            progress: Progress::default(),
+        }
+    }
+
+    /// The job's latest progress report, as text.
+    pub fn progress(&self) -> Option<String> {
+        self.progress.latest()
+    }
+}
+
+impl WasiView for JobState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Adds WASI 0.2 (async) and the runner's interfaces to `linker`.
+pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    use bindings::runner::job;
+    job::lifecycle::add_to_linker::<_, lifecycle::LifecycleData>(linker, |state| {
+        lifecycle::LifecycleView {
+            lifecycle: &state.lifecycle,
+            table: &mut state.table,
+        }
+    })?;
+    job::checkpoint::add_to_linker::<_, HasSelf<Checkpoints>>(linker, |state| {
+        &mut state.checkpoints
+    })?;
+    job::progress::add_to_linker::<_, HasSelf<Progress>>(linker, |state| &mut state.progress)?;
+    Ok(())
+}

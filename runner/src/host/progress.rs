@@ -1,0 +1,47 @@
+//! `runner:job/progress`: the job's progress reports, shown on stderr now and then.
+
+use std::time::{Duration, Instant};
+
+use super::bindings::runner::job::progress::Host;
+
+/// At most one progress line on stderr per interval, however often the job reports.
+const SHOW_EVERY: Duration = Duration::from_secs(10);
+
+/// The latest report, and when one was last shown.
+#[derive(Debug, Default)]
+pub struct Progress {
+    latest: Option<(u64, Option<u64>)>,
+    last_shown: Option<Instant>,
+}
+
+impl Progress {
+    /// The latest report as text, such as `1200/5000 (24.0%)`.
+    pub fn latest(&self) -> Option<String> {
+        let (done, total) = self.latest?;
+        Some(match total {
+            Some(0) => format!("{done}/0"),
+            Some(total) => format!(
+                "{done}/{total} ({:.1}%)",
+                done as f64 * 100.0 / total as f64
+            ),
+            None => done.to_string(),
+        })
+    }
+}
+
+impl Host for Progress {
+    fn report(&mut self, done: u64, total: Option<u64>) -> wasmtime::Result<()> {
+        self.latest = Some((done, total));
+        let now = Instant::now();
+        if self
+            .last_shown
+            .is_none_or(|shown| now.duration_since(shown) >= SHOW_EVERY)
+        {
+            self.last_shown = Some(now);
+            if let Some(text) = self.latest() {
+                eprintln!("runner: progress {text}");
+            }
+        }
+        Ok(())
+    }
+}

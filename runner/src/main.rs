@@ -1,0 +1,58 @@
+//! `runner`: parse, run, map the outcome to an exit code. Nothing else.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use runner::cli::Cli;
+use runner::shutdown::Shutdown;
+use runner::{Outcome, signals};
+
+fn main() -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return report(Outcome::Failed(anyhow::anyhow!(
+                "cannot start the async runtime: {error}"
+            )));
+        }
+    };
+    // Handlers before anything else: as PID 1, a signal with no handler is dropped.
+    let signals = match runtime.block_on(async { signals::install() }) {
+        Ok(signals) => signals,
+        Err(error) => {
+            return report(Outcome::Failed(anyhow::anyhow!(
+                "cannot install signal handlers: {error}"
+            )));
+        }
+    };
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // --help and --version exit 0, usage errors 2.
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
+    let outcome = match cli.validate() {
+        Ok(config) => {
+            let shutdown = Shutdown::new(config.grace);
+            runtime.spawn(signals::forward(signals, shutdown.clone()));
+            runtime.block_on(runner::run(config, shutdown))
+        }
+        Err(error) => Outcome::Failed(error),
+    };
+    // Do not wait for blocked work (a read of stdin, a commit cut off by a forced stop):
+    // whatever it was, the job's committed state is already whole.
+    runtime.shutdown_background();
+    report(outcome)
+}
+
+fn report(outcome: Outcome) -> ExitCode {
+    if let Some(message) = outcome.message() {
+        eprintln!("runner: {message}");
+    }
+    ExitCode::from(outcome.exit_code())
+}

@@ -1,0 +1,107 @@
+//! How a run ended, and the exit code that says so. This is the only place that knows
+//! the numbers; `--help` and the README print [`EXIT_CODES`].
+
+use crate::shutdown::StopReason;
+
+/// The exit codes, as `--help` shows them.
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0        the job completed
+  1        the job returned an error
+  2        usage error, invalid job, unusable state, or runner failure before the job ran
+  75       suspended: the job stopped on request after saving its state; run again to resume
+  124      stopped by force after --timeout ran out
+  129      stopped by force after SIGHUP (the grace ran out, or a second signal came)
+  130      stopped by force after SIGINT (the grace ran out, or a second signal came)
+  143      stopped by force after SIGTERM (the grace ran out, or a second signal came)
+  134      the job trapped (panic, unreachable, out of memory, stack overflow)
+  n        the job exited through wasi:cli/exit with code n
+After a forced stop the last checkpoint the job committed stands.";
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// `run` returned `completed`.
+    Completed,
+    /// `run` returned `suspended`.
+    Suspended,
+    /// `run` returned an error.
+    JobFailed(String),
+    /// The job was stopped by force; the reason is what forced it.
+    Forced(StopReason),
+    /// The job trapped.
+    Trapped(String),
+    /// The job called `wasi:cli/exit`.
+    Exited(i32),
+    /// The job could not be run: bad usage, an invalid job, an unusable state directory
+    /// or a runner failure.
+    Failed(anyhow::Error),
+}
+
+impl Outcome {
+    /// The process exit code for this outcome.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::Completed => 0,
+            Outcome::JobFailed(_) => 1,
+            Outcome::Failed(_) => 2,
+            Outcome::Suspended => 75,
+            Outcome::Forced(StopReason::Timeout) => 124,
+            // 128 + signal number, as a shell reports a process killed by that signal.
+            Outcome::Forced(StopReason::Hangup) => 128 + 1,
+            Outcome::Forced(StopReason::Interrupt) => 128 + 2,
+            Outcome::Forced(StopReason::Terminate) => 128 + 15,
+            Outcome::Trapped(_) => 134,
+            // A process exit status keeps the low 8 bits, as POSIX `exit` does.
+            Outcome::Exited(code) => (*code & 0xff) as u8,
+        }
+    }
+
+    /// The line the runner prints on stderr when the run ends, if any.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Outcome::Completed | Outcome::Exited(_) => None,
+            Outcome::Suspended => {
+                Some("job suspended: its state is saved; run it again to resume (exit 75)".into())
+            }
+            Outcome::JobFailed(message) => Some(format!("job failed: {message}")),
+            Outcome::Forced(reason) => Some(format!(
+                "job stopped by force after {}; its last checkpoint stands (exit {})",
+                reason.cause(),
+                self.exit_code()
+            )),
+            Outcome::Trapped(message) => Some(format!("job trapped: {message}")),
+            Outcome::Failed(error) => Some(format!("error: {error:#}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_match_the_documented_table() {
+        let cases = [
+            (Outcome::Completed, 0),
+            (Outcome::JobFailed("x".into()), 1),
+            (Outcome::Failed(anyhow::anyhow!("x")), 2),
+            (Outcome::Suspended, 75),
+            (Outcome::Forced(StopReason::Timeout), 124),
+            (Outcome::Forced(StopReason::Hangup), 129),
+            (Outcome::Forced(StopReason::Interrupt), 130),
+            (Outcome::Forced(StopReason::Terminate), 143),
+            (Outcome::Trapped("x".into()), 134),
+            (Outcome::Exited(3), 3),
+            (Outcome::Exited(256 + 7), 7),
+        ];
+        for (outcome, code) in cases {
+            assert_eq!(outcome.exit_code(), code, "{outcome:?}");
+            let documented = format!("\n  {code:<9}");
+            assert!(
+                matches!(outcome, Outcome::Exited(_)) || EXIT_CODES.contains(&documented),
+                "exit code {code} is not in EXIT_CODES"
+            );
+        }
+    }
+}

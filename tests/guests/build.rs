@@ -1,0 +1,100 @@
+//! Builds the guest components the integration tests run, from source, for
+//! wasm32-wasip2, and exports their paths as constants (as wasmtime's
+//! test-programs-artifacts does). The nested cargo uses its own target directory: the
+//! outer build holds the lock on the workspace's.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// (package, artifact file name, constant name)
+const GUESTS: &[(&str, &str, &str)] = &[
+    ("primes", "primes.wasm", "PRIMES"),
+    ("wordcount", "wordcount.wasm", "WORDCOUNT"),
+    ("test-jobs", "testjob.wasm", "TESTJOB"),
+    ("test-jobs", "command.wasm", "COMMAND"),
+];
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
+    for watched in ["guest-sdk", "examples", "tests/jobs", "wit", "Cargo.lock"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(watched).display()
+        );
+    }
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let target_dir = out_dir.join("target");
+
+    check_target_installed();
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(&workspace)
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "--target",
+            "wasm32-wasip2",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    let mut packages: Vec<&str> = GUESTS.iter().map(|(package, _, _)| *package).collect();
+    packages.dedup();
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    // The outer build's settings are for the host: do not pass them to the guests.
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTFLAGS",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_PRIMARY_PACKAGE",
+    ] {
+        command.env_remove(var);
+    }
+    let status = command
+        .status()
+        .expect("cannot run cargo to build the guest components");
+    assert!(
+        status.success(),
+        "building the guest components failed: {status}"
+    );
+
+    let mut constants = String::new();
+    for (_, file, name) in GUESTS {
+        let path = target_dir.join("wasm32-wasip2/release").join(file);
+        assert!(
+            path.is_file(),
+            "the guest build did not produce {}",
+            path.display()
+        );
+        constants.push_str(&format!(
+            "/// The path of `{file}`, built from source for this test build.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    std::fs::write(out_dir.join("guests.rs"), constants).expect("write guests.rs");
+}
+
+fn check_target_installed() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .expect("cannot run rustc --print sysroot");
+    let sysroot = String::from_utf8_lossy(&sysroot.stdout);
+    let target = Path::new(sysroot.trim()).join("lib/rustlib/wasm32-wasip2");
+    assert!(
+        target.is_dir(),
+        "the wasm32-wasip2 target is not installed for this toolchain: run `rustup target add wasm32-wasip2`"
+    );
+}

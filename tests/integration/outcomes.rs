@@ -1,0 +1,105 @@
+//! How a job that runs to its end ends: the exit codes of the table in DESIGN.md.
+
+use crate::util::{Sandbox, run};
+use test_guests::{PRIMES, TESTJOB};
+
+#[test]
+fn a_job_that_completes_exits_0_with_its_output() {
+    let sandbox = Sandbox::new();
+    let done = run(sandbox.runner().args([PRIMES, "2000000"]));
+    done.assert_code(0);
+    assert_eq!(done.stdout, "primes below 2000000: 148933\n");
+}
+
+#[test]
+fn a_job_that_returns_an_error_exits_1_with_the_cause_chain() {
+    let sandbox = Sandbox::new();
+    let done = run(sandbox.runner().args([TESTJOB, "error"]));
+    done.assert_code(1);
+    assert!(
+        done.stderr
+            .contains("runner: job failed: cannot write the report: the disk is on fire"),
+        "{}",
+        done.stderr
+    );
+}
+
+#[test]
+fn a_job_that_traps_exits_134_with_the_trap_and_wasm_backtrace() {
+    let sandbox = Sandbox::new();
+    let done = run(sandbox.runner().args([TESTJOB, "trap"]));
+    done.assert_code(134);
+    assert!(
+        done.stderr.contains("the job panicked on purpose"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr
+            .contains("runner: job trapped: wasm trap: wasm `unreachable`"),
+        "{}",
+        done.stderr
+    );
+    assert!(
+        done.stderr.contains("testjob.wasm!testjob::run"),
+        "{}",
+        done.stderr
+    );
+}
+
+#[test]
+fn a_job_that_exits_with_a_code_exits_with_that_code() {
+    let sandbox = Sandbox::new();
+    for code in ["0", "3", "42", "255"] {
+        let done = run(sandbox.runner().args([TESTJOB, "exit", code]));
+        done.assert_code(code.parse().expect("number"));
+        assert_eq!(done.stderr, "", "an exit is not an error");
+    }
+    // Rust's std::process::exit can only say success or failure through WASI 0.2.
+    run(sandbox.runner().args([TESTJOB, "std-exit", "3"])).assert_code(1);
+}
+
+#[test]
+fn arguments_and_environment_reach_the_job_and_nothing_else() {
+    let sandbox = Sandbox::new();
+    let done = run(sandbox
+        .runner()
+        .env("FROM_RUNNER", "passed")
+        .env("NOT_PASSED", "secret")
+        .args(["--env", "A=1=2", "--env", "FROM_RUNNER"])
+        .args([TESTJOB, "args", "--grace", "x y"]));
+    done.assert_code(0);
+    assert!(
+        done.stdout
+            .contains(r#"args=["testjob.wasm", "args", "--grace", "x y"]"#),
+        "{}",
+        done.stdout
+    );
+    assert!(
+        done.stdout
+            .contains(r#"env=[("A", "1=2"), ("FROM_RUNNER", "passed")]"#),
+        "{}",
+        done.stdout
+    );
+}
+
+#[test]
+fn help_documents_the_exit_codes() {
+    let done = run(Sandbox::new().runner().arg("--help"));
+    done.assert_code(0);
+    for line in [
+        "Exit codes:",
+        "75 ",
+        "124 ",
+        "130 ",
+        "143 ",
+        "134 ",
+        "--grace <DURATION>",
+    ] {
+        assert!(
+            done.stdout.contains(line),
+            "--help lacks `{line}`:\n{}",
+            done.stdout
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! Stopping a job: a request it honours, and a forced stop at the deadline whether it is
+//! computing or blocked in a host call.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::util::{Running, SIGHUP, SIGINT, SIGTERM, Sandbox, run};
+use test_guests::TESTJOB;
+
+/// Starts `testjob.wasm MODE` with `options` and waits until it says it is ready.
+fn start(sandbox: &Sandbox, options: &[&str], mode: &str, stdin: Stdio) -> Running {
+    let running = Running::start(sandbox.runner().args(options).args([TESTJOB, mode]), stdin);
+    running.wait_for_line("ready");
+    running
+}
+
+#[test]
+fn the_request_reaches_a_job_blocked_on_the_pollable_and_it_suspends() {
+    for (signal, reason) in [
+        (SIGTERM, "Terminate"),
+        (SIGINT, "Interrupt"),
+        (SIGHUP, "Hangup"),
+    ] {
+        let sandbox = Sandbox::new();
+        let running = start(&sandbox, &["--grace", "60s"], "wait", Stdio::null());
+        running.signal(signal);
+        let seen = running.wait_for_line("stop seen by pollable");
+        assert!(seen.contains(&format!("reason=Some({reason})")), "{seen}");
+        let left_ms: i64 = seen
+            .rsplit("time_left_ms=")
+            .next()
+            .and_then(|ms| ms.parse().ok())
+            .expect("time left");
+        assert!((1..=60_000).contains(&left_ms), "{seen}");
+        let done = running.wait();
+        done.assert_code(75);
+        assert!(done.stderr.contains("job suspended"), "{}", done.stderr);
+        let record = sandbox.checkpoint("testjob").expect("a checkpoint");
+        assert!(
+            String::from_utf8_lossy(&record.payload).contains("suspended after wait"),
+            "{record:?}"
+        );
+    }
+}
+
+#[test]
+fn the_request_reaches_a_job_polling_the_flag() {
+    let sandbox = Sandbox::new();
+    let running = start(&sandbox, &[], "flag", Stdio::null());
+    running.signal(SIGTERM);
+    running.wait_for_line("stop seen by flag");
+    running.wait().assert_code(75);
+}
+
+/// A job that ignores the request must be stopped soon after the grace period, and not
+/// before it; the checkpoint it committed earlier must survive.
+fn assert_forced_at_deadline(mode: &str, stdin: Stdio) {
+    let sandbox = Sandbox::new();
+    let grace = Duration::from_secs(1);
+    let running = start(&sandbox, &["--grace", "1s"], mode, stdin);
+    let before = sandbox.checkpoint("testjob");
+    let signalled = Instant::now();
+    running.signal(SIGTERM);
+    let done = running.wait();
+    let took = signalled.elapsed();
+    done.assert_code(143);
+    assert!(
+        took >= grace - Duration::from_millis(50),
+        "stopped before the deadline: {took:?}"
+    );
+    // The job would have spun, slept or read for an hour.
+    assert!(
+        took < Duration::from_secs(60),
+        "stopped long after the deadline: {took:?}"
+    );
+    assert!(
+        done.stderr
+            .contains("the grace period of 1s ran out: stopping the job by force"),
+        "{}",
+        done.stderr
+    );
+    assert_eq!(
+        sandbox.checkpoint("testjob"),
+        before,
+        "the last checkpoint changed"
+    );
+}
+
+#[test]
+fn a_computing_job_that_ignores_the_request_is_stopped_at_the_deadline() {
+    assert_forced_at_deadline("spin", Stdio::null());
+    // The checkpoint committed before spinning is intact and loads in the next run.
+    let sandbox = Sandbox::new();
+    let running = start(&sandbox, &["--grace", "1s"], "spin", Stdio::null());
+    running.signal(SIGTERM);
+    running.wait().assert_code(143);
+    let shown = run(sandbox.runner().args([TESTJOB, "show"]));
+    shown.assert_code(0);
+    assert_eq!(shown.stdout, "note=saved before spinning runs=1\n");
+}
+
+#[test]
+fn a_job_blocked_in_sleep_is_stopped_at_the_deadline() {
+    assert_forced_at_deadline("sleep", Stdio::null());
+}
+
+#[test]
+fn a_job_blocked_reading_stdin_is_stopped_at_the_deadline() {
+    // A pipe nobody writes to or closes: the read would block forever.
+    assert_forced_at_deadline("stdin", Stdio::piped());
+}
+
+#[test]
+fn a_second_signal_forces_the_stop_at_once() {
+    let sandbox = Sandbox::new();
+    let running = start(&sandbox, &["--grace", "10m"], "linger", Stdio::null());
+    running.signal(SIGINT);
+    running.wait_for_line("stop seen by pollable");
+    let second = Instant::now();
+    running.signal(SIGINT);
+    let done = running.wait();
+    done.assert_code(130);
+    assert!(
+        second.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        second.elapsed()
+    );
+    assert!(
+        done.stderr
+            .contains("received SIGINT while stopping: stopping the job by force"),
+        "{}",
+        done.stderr
+    );
+}
+
+#[test]
+fn timeout_asks_then_forces_and_exits_124() {
+    let sandbox = Sandbox::new();
+    let started = Instant::now();
+    let done = run(sandbox
+        .runner()
+        .args(["--timeout", "1s", "--grace", "500ms", TESTJOB, "spin"]));
+    done.assert_code(124);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(done.stderr.contains("--timeout ran out"), "{}", done.stderr);
+
+    // A job that honours the request suspends instead: 75.
+    let done = run(sandbox
+        .runner()
+        .args(["--timeout", "500ms", TESTJOB, "wait"]));
+    done.assert_code(75);
+    assert!(
+        done.stdout.contains("reason=Some(Timeout)"),
+        "{}",
+        done.stdout
+    );
+}

@@ -1,0 +1,244 @@
+//! Running the real `runner` binary and waiting for what it does.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use runner::checkpoint::Record;
+
+/// Long enough for anything to happen on a loaded 2-core machine; tests assert behaviour,
+/// not speed.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+pub const SIGHUP: i32 = libc::SIGHUP;
+pub const SIGINT: i32 = libc::SIGINT;
+pub const SIGTERM: i32 = libc::SIGTERM;
+
+/// A state directory for one test, removed when dropped.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().expect("create a temporary directory"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A `runner` command with this sandbox's state directory and nothing inherited
+    /// from the environment that could change its behaviour.
+    pub fn runner(&self) -> Command {
+        let mut command = bare_runner();
+        command.arg("--state-dir").arg(self.state_dir());
+        command
+    }
+
+    /// The committed checkpoint of `job_id`, if there is one.
+    pub fn checkpoint(&self, job_id: &str) -> Option<Record> {
+        let path = self.state_dir().join(job_id).join("checkpoint");
+        let bytes = std::fs::read(&path).ok()?;
+        Some(Record::decode(&bytes).unwrap_or_else(|error| panic!("{}: {error}", path.display())))
+    }
+
+    /// Waits until `job_id`, run by `running`, has committed a checkpoint with a
+    /// sequence above `after`.
+    pub fn wait_for_checkpoint_after(
+        &self,
+        running: &mut Running,
+        job_id: &str,
+        after: u64,
+    ) -> Record {
+        wait_until("a new checkpoint", || {
+            if let Some(status) = running.child.try_wait().expect("wait for runner") {
+                panic!("the runner exited ({status}) before committing a new checkpoint");
+            }
+            self.checkpoint(job_id)
+                .filter(|record| record.sequence > after)
+        })
+    }
+}
+
+/// A `runner` command with nothing inherited from the environment that could change
+/// its behaviour.
+pub fn bare_runner() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
+    command
+        .env_remove("RUNNER_GRACE")
+        .env_remove("RUNNER_STATE_DIR");
+    command
+}
+
+/// Polls `probe` until it returns something, for at most [`PATIENCE`].
+pub fn wait_until<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(found) = probe() {
+            return found;
+        }
+        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How a finished run ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn code(&self) -> i32 {
+        self.status
+            .code()
+            .unwrap_or_else(|| panic!("runner died of a signal: {self:?}"))
+    }
+
+    /// Asserts the exit code, showing the output when it is not the expected one.
+    pub fn assert_code(&self, expected: i32) -> &Self {
+        assert_eq!(
+            self.code(),
+            expected,
+            "unexpected exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs a command to completion, with stdin closed.
+pub fn run(command: &mut Command) -> Finished {
+    Running::start(command, Stdio::null()).wait()
+}
+
+/// A runner process whose stdout is read line by line as it comes.
+pub struct Running {
+    pub child: Child,
+    lines: Receiver<String>,
+    stdout: Arc<Mutex<String>>,
+    stdout_reader: Option<JoinHandle<()>>,
+    stderr_reader: Option<JoinHandle<String>>,
+}
+
+impl Running {
+    pub fn start(command: &mut Command, stdin: Stdio) -> Self {
+        let mut child = command
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start runner");
+        let (sender, lines) = mpsc::channel();
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let pipe = child.stdout.take().expect("stdout piped");
+        let collected = Arc::clone(&stdout);
+        let stdout_reader = thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                collected
+                    .lock()
+                    .expect("stdout lock")
+                    .push_str(&format!("{line}\n"));
+                let _ = sender.send(line);
+            }
+        });
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        let stderr_reader = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        });
+        Running {
+            child,
+            lines,
+            stdout,
+            stdout_reader: Some(stdout_reader),
+            stderr_reader: Some(stderr_reader),
+        }
+    }
+
+    /// Waits for a stdout line that contains `needle`, and returns it.
+    pub fn wait_for_line(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no line with `{needle}` on stdout in time")
+                }
+                Err(RecvTimeoutError::Disconnected) => panic!(
+                    "stdout closed before a line with `{needle}`; it had:\n{}",
+                    self.stdout.lock().expect("stdout lock")
+                ),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        send_signal(self.pid(), signal);
+    }
+
+    /// Waits for the process to exit (at most [`PATIENCE`]) and collects its output.
+    pub fn wait(mut self) -> Finished {
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for runner") {
+                break status;
+            }
+            if start.elapsed() > PATIENCE {
+                let _ = self.child.kill();
+                panic!("runner did not exit within {PATIENCE:?}");
+            }
+            thread::sleep(Duration::from_millis(5));
+        };
+        self.stdout_reader.take().map(JoinHandle::join);
+        let stderr = self
+            .stderr_reader
+            .take()
+            .map(|reader| reader.join().expect("stderr reader"))
+            .unwrap_or_default();
+        let stdout = self.stdout.lock().expect("stdout lock").clone();
+        Finished {
+            status,
+            stdout,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // A failed test must not leave a runner behind.
+        let _ = self.child.kill();
+    }
+}
+
+pub fn send_signal(pid: i32, signal: i32) {
+    #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std")]
+    // SAFETY: kill has no memory-safety preconditions.
+    let result = unsafe { libc::kill(pid, signal) };
+    assert_eq!(result, 0, "kill({pid}, {signal}) failed");
+}
