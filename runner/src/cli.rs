@@ -137,15 +137,6 @@ impl Cli {
             None => default_state_dir()?,
         };
 
-        for dir in &self.dirs {
-            if !dir.host.is_dir() {
-                bail!(
-                    "--dir {}: `{}` is not a directory",
-                    dir.host.display(),
-                    dir.host.display()
-                );
-            }
-        }
         let mut env = Vec::with_capacity(self.envs.len());
         for setting in self.envs {
             let value = match setting.value {

@@ -7,6 +7,14 @@
 // Stdout belongs to the job: everything the runner says goes to stderr.
 #![warn(clippy::print_stdout)]
 
+/// Prints one line on stderr, prefixed `runner: `, ignoring errors: a broken stderr (a
+/// terminal that hung up) must not panic the signal task or the deadline thread.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::print_line(format_args!($($arg)*))
+    };
+}
+
 pub mod checkpoint;
 pub mod cli;
 pub mod engine;
@@ -29,6 +37,12 @@ use crate::host::{JobOutcome, JobState, RunnerClock};
 pub use crate::outcome::Outcome;
 use crate::shutdown::{Shutdown, StopReason};
 
+/// Writes `runner: ` and `message` as one line on stderr; see `say!`.
+pub fn print_line(message: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr().lock(), "runner: {message}");
+}
+
 /// Runs the job `config` describes, stopped through `shutdown`.
 pub async fn run(config: RunConfig, shutdown: Arc<Shutdown>) -> Outcome {
     execute(config, shutdown)
@@ -41,16 +55,25 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
     let store = LocalStore::open(&config.state_dir, &config.job_id)
         .with_context(|| format!("unusable state directory for job `{}`", config.job_id))?;
     let committed = store.load()?;
+    let clock_zero = Instant::now();
+    let wasi = wasi_context(&config, clock_zero)?;
 
     let engine = engine::new_engine()?;
     shutdown.attach_engine(&engine);
-    let job = engine::load_job(&engine, &config.job)?;
+    // Compiling a large component takes seconds: do it off the runtime, and give up on
+    // it if the stop is forced meanwhile (a second Ctrl-C must not wait for cranelift).
+    let compile = tokio::task::spawn_blocking({
+        let (engine, path) = (engine.clone(), config.job.clone());
+        move || engine::load_job(&engine, &path)
+    });
+    let job = tokio::select! {
+        compiled = compile => compiled.context("compiling the job panicked")??,
+        reason = shutdown.forced() => return Ok(Outcome::Forced(reason)),
+    };
 
-    let clock_zero = Instant::now();
-    let wasi = wasi_context(&config, clock_zero)?;
     if let Some(record) = &committed {
-        eprintln!(
-            "runner: resuming job `{}` from checkpoint {} in `{}`",
+        say!(
+            "resuming job `{}` from checkpoint {} in `{}`",
             config.job_id,
             record.sequence,
             store.dir().display()
@@ -98,7 +121,7 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
     if !matches!(outcome, Outcome::Completed | Outcome::Exited(0))
         && let Some(progress) = store.data().progress()
     {
-        eprintln!("runner: the job's last progress report: {progress}");
+        say!("the job's last progress report: {progress}");
     }
     Ok(outcome)
 }

@@ -52,7 +52,7 @@ fn main() -> ExitCode {
 
 fn report(outcome: Outcome) -> ExitCode {
     if let Some(message) = outcome.message() {
-        eprintln!("runner: {message}");
+        runner::print_line(format_args!("{message}"));
     }
     ExitCode::from(outcome.exit_code())
 }

@@ -4,9 +4,13 @@
 //! Everything that can stop a job goes through [`Shutdown`]: the signal task, the
 //! `--timeout` timer and the grace deadline. The job sees the state through the
 //! `lifecycle` host interface; the runner's main future waits on [`Shutdown::forced`] to
-//! drop the job's `run` call (cancelling a job blocked in a host call), and
-//! [`Shutdown::force`] bumps the engine's epoch so that a job that is computing traps at
-//! its next epoch check.
+//! drop the job's `run` call (cancelling a job blocked in an async host call), and a
+//! forced stop bumps the engine's epoch so that a job that is computing traps at its
+//! next epoch check.
+//!
+//! The rules: the first request (a signal, or `--timeout`) starts the grace period; a
+//! signal after a signal forces the stop at once; `--timeout` never forces a stop that is
+//! already under way, and a signal after it is only noted (the next one forces).
 
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +18,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use wasmtime::Engine;
+
+use crate::cli::format_duration;
+use crate::outcome::Outcome;
+
+/// How long after a forced stop the runner exits even if the job has not stopped: for a
+/// job stuck in a host call that neither the epoch nor cancellation can interrupt (a
+/// synchronous write to a full stdout pipe). Short, so that the runner still exits
+/// before the orchestrator's SIGKILL.
+pub const FORCED_EXIT_AFTER: Duration = Duration::from_secs(2);
 
 /// Why the runner is stopping the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +56,12 @@ impl StopReason {
 /// A request to stop the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
-    /// What asked for the stop.
+    /// What asked for the stop first.
     pub reason: StopReason,
     /// When the job is stopped by force if it has not returned by then.
     pub deadline: Instant,
+    /// Whether a signal has asked (so that the next signal forces the stop).
+    pub signalled: bool,
     /// Set once the job is being stopped by force, with what forced it.
     pub forced: Option<StopReason>,
 }
@@ -56,10 +71,12 @@ pub struct Request {
 pub enum Requested {
     /// This was the first request; the job has until the deadline.
     First,
-    /// A stop was already requested: this one forced it.
+    /// A signal came while a stop asked by `--timeout` was under way: the next forces.
+    Noted,
+    /// A signal came after a signal: the stop is forced.
     Forced,
-    /// The job is already being stopped by force; nothing changed.
-    AlreadyForced,
+    /// Nothing changed: the stop is already forced, or `--timeout` ran out during one.
+    Ignored,
 }
 
 /// The shutdown state of one run. Cheap to share: hold it in an `Arc`.
@@ -89,11 +106,6 @@ impl Shutdown {
         })
     }
 
-    /// The grace period a request gives the job.
-    pub fn grace(&self) -> Duration {
-        self.grace
-    }
-
     /// The current request, if the job was asked to stop.
     pub fn current(&self) -> Option<Request> {
         *self.state.borrow()
@@ -104,65 +116,79 @@ impl Shutdown {
         self.state.subscribe()
     }
 
-    /// Asks the job to stop for `reason`. The first request starts the grace period and
-    /// the thread that forces the stop at its end; a second one forces the stop now.
+    /// Asks the job to stop for `reason`, following the rules in the module docs.
     pub fn request(self: &Arc<Self>, reason: StopReason) -> Requested {
-        let mut outcome = Requested::AlreadyForced;
-        // The line is printed inside the transition, before the waiters are woken: the
+        let is_signal = reason != StopReason::Timeout;
+        let mut outcome = Requested::Ignored;
+        // Lines are printed inside the transition, before the waiters are woken: the
         // main thread may exit as soon as it sees a forced stop.
         self.state.send_if_modified(|state| match state {
             None => {
-                eprintln!(
-                    "runner: {}: asking the job to stop; it has {} before it is stopped by \
-                     force (a second signal stops it now)",
+                say!(
+                    "{}: asking the job to stop; it has {} before it is stopped by force \
+                     (a second signal stops it now)",
                     match reason {
                         StopReason::Timeout => "--timeout ran out".to_owned(),
                         signal => format!("received {}", signal.cause()),
                     },
-                    crate::cli::format_duration(self.grace)
+                    format_duration(self.grace)
                 );
                 *state = Some(Request {
                     reason,
                     deadline: Instant::now() + self.grace,
+                    signalled: is_signal,
                     forced: None,
                 });
                 outcome = Requested::First;
                 true
             }
-            Some(request) if request.forced.is_none() => {
-                eprintln!(
-                    "runner: received {} while stopping: stopping the job by force",
+            Some(request) if request.forced.is_some() || !is_signal => false,
+            Some(request) if !request.signalled => {
+                say!(
+                    "received {}: the job is already stopping (--timeout ran out); it has \
+                     until the deadline (a second signal stops it now)",
+                    reason.cause()
+                );
+                request.signalled = true;
+                outcome = Requested::Noted;
+                // Nothing a waiter acts on has changed.
+                false
+            }
+            Some(request) => {
+                say!(
+                    "received {} while stopping: stopping the job by force",
                     reason.cause()
                 );
                 request.forced = Some(reason);
                 outcome = Requested::Forced;
                 true
             }
-            Some(_) => false,
         });
         match outcome {
             Requested::First => self.start_deadline_thread(),
-            Requested::Forced => self.bump_epoch(),
-            Requested::AlreadyForced => {}
+            Requested::Forced => self.after_forcing(reason),
+            Requested::Noted | Requested::Ignored => {}
         }
         outcome
     }
 
     /// Forces the stop because the grace period ran out, unless it already was.
     fn force_at_deadline(&self) {
-        let forced = self.state.send_if_modified(|state| match state {
+        let mut forced = None;
+        self.state.send_if_modified(|state| match state {
             Some(request) if request.forced.is_none() => {
-                eprintln!(
-                    "runner: the grace period of {} ran out: stopping the job by force",
-                    crate::cli::format_duration(self.grace)
+                say!(
+                    "the grace period of {} ran out: stopping the job by force",
+                    format_duration(self.grace)
                 );
                 request.forced = Some(request.reason);
+                forced = request.forced;
                 true
             }
             _ => false,
         });
-        if forced {
-            self.bump_epoch();
+        if let Some(reason) = forced {
+            self.after_forcing(reason);
         }
     }
 
@@ -174,11 +200,28 @@ impl Shutdown {
         *self.engine.lock().unwrap_or_else(PoisonError::into_inner) = Some(engine.clone());
     }
 
-    fn bump_epoch(&self) {
-        if let Some(engine) = &*self.engine.lock().unwrap_or_else(PoisonError::into_inner) {
-            // The store's epoch deadline is one tick past the epoch it was created at,
-            // so one bump makes the job trap at its next epoch check.
-            engine.increment_epoch();
+    /// Interrupts a computing job and starts the watchdog for one that cannot be. Before
+    /// an engine is attached there is no job to stop, and the main thread exits by itself.
+    fn after_forcing(&self, reason: StopReason) {
+        let Some(engine) = self
+            .engine
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        else {
+            return;
+        };
+        // The store's epoch deadline is one tick past the epoch it was created at, so
+        // one bump makes the job trap at its next epoch check.
+        engine.increment_epoch();
+        let watchdog = std::thread::Builder::new()
+            .name("runner-watchdog".into())
+            .spawn(move || {
+                std::thread::sleep(FORCED_EXIT_AFTER);
+                exit_stuck(reason)
+            });
+        if let Err(error) = watchdog {
+            say!("cannot start the watchdog thread: {error}");
         }
     }
 
@@ -198,9 +241,7 @@ impl Shutdown {
         if let Err(error) = spawned {
             // Without the thread nothing would enforce the deadline: force now instead
             // of leaving the job unbounded.
-            eprintln!(
-                "runner: cannot start the deadline thread ({error}): stopping the job by force"
-            );
+            say!("cannot start the deadline thread ({error}): stopping the job by force");
             self.force_at_deadline();
         }
     }
@@ -222,32 +263,58 @@ impl Shutdown {
     }
 }
 
+/// Exits the process for a forced stop that the job did not honour in time.
+#[expect(
+    clippy::exit,
+    reason = "the main thread is stuck in the job's host call and cannot return"
+)]
+fn exit_stuck(reason: StopReason) -> ! {
+    let code = Outcome::Forced(reason).exit_code();
+    say!(
+        "the job did not stop within {} of being stopped by force (it is blocked in a call \
+         that cannot be cancelled): exiting {code}; its last checkpoint stands",
+        format_duration(FORCED_EXIT_AFTER)
+    );
+    std::process::exit(i32::from(code))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn forced(shutdown: &Shutdown) -> Option<StopReason> {
+        shutdown.current().and_then(|request| request.forced)
+    }
+
     #[test]
-    fn first_request_starts_grace_second_forces() {
-        let shutdown = Shutdown::new(Duration::from_secs(60));
+    fn a_signal_after_a_signal_forces() {
+        let shutdown = Shutdown::new(Duration::from_secs(600));
         assert_eq!(shutdown.current(), None);
         assert_eq!(shutdown.request(StopReason::Terminate), Requested::First);
         let request = shutdown.current().expect("requested");
         assert_eq!(request.reason, StopReason::Terminate);
-        assert_eq!(request.forced, None);
-        assert!(request.deadline > Instant::now() + Duration::from_secs(50));
+        assert!(request.deadline > Instant::now() + Duration::from_secs(500));
+        assert_eq!(forced(&shutdown), None);
+        // --timeout running out meanwhile changes nothing.
+        assert_eq!(shutdown.request(StopReason::Timeout), Requested::Ignored);
+        assert_eq!(forced(&shutdown), None);
         assert_eq!(shutdown.request(StopReason::Interrupt), Requested::Forced);
-        assert_eq!(
-            shutdown.current().and_then(|r| r.forced),
-            Some(StopReason::Interrupt)
-        );
-        assert_eq!(
-            shutdown.request(StopReason::Terminate),
-            Requested::AlreadyForced
-        );
+        assert_eq!(forced(&shutdown), Some(StopReason::Interrupt));
+        assert_eq!(shutdown.request(StopReason::Terminate), Requested::Ignored);
     }
 
     #[test]
-    fn deadline_forces_with_the_requesting_reason() {
+    fn after_timeout_the_first_signal_is_noted_and_the_second_forces() {
+        let shutdown = Shutdown::new(Duration::from_secs(600));
+        assert_eq!(shutdown.request(StopReason::Timeout), Requested::First);
+        assert_eq!(shutdown.request(StopReason::Terminate), Requested::Noted);
+        assert_eq!(forced(&shutdown), None);
+        assert_eq!(shutdown.request(StopReason::Terminate), Requested::Forced);
+        assert_eq!(forced(&shutdown), Some(StopReason::Terminate));
+    }
+
+    #[test]
+    fn the_deadline_forces_with_the_reason_that_asked() {
         let shutdown = Shutdown::new(Duration::ZERO);
         shutdown.request(StopReason::Timeout);
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -4,7 +4,9 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::util::{Running, SIGHUP, SIGINT, SIGTERM, Sandbox, run};
+use crate::util::{
+    PATIENCE, Running, SIGHUP, SIGINT, SIGTERM, Sandbox, run, send_signal, wait_until,
+};
 use test_guests::TESTJOB;
 
 /// Starts `testjob.wasm MODE` with `options` and waits until it says it is ready.
@@ -58,7 +60,13 @@ fn assert_forced_at_deadline(mode: &str, stdin: Stdio) {
     let sandbox = Sandbox::new();
     let grace = Duration::from_secs(1);
     let running = start(&sandbox, &["--grace", "1s"], mode, stdin);
-    let before = sandbox.checkpoint("testjob");
+    let before = sandbox
+        .checkpoint("testjob")
+        .expect("the job saved before blocking");
+    assert_eq!(
+        String::from_utf8_lossy(&before.payload),
+        format!(r#"{{"note":"saved before {mode}","runs":1}}"#)
+    );
     let signalled = Instant::now();
     running.signal(SIGTERM);
     let done = running.wait();
@@ -81,7 +89,7 @@ fn assert_forced_at_deadline(mode: &str, stdin: Stdio) {
     );
     assert_eq!(
         sandbox.checkpoint("testjob"),
-        before,
+        Some(before),
         "the last checkpoint changed"
     );
 }
@@ -96,7 +104,7 @@ fn a_computing_job_that_ignores_the_request_is_stopped_at_the_deadline() {
     running.wait().assert_code(143);
     let shown = run(sandbox.runner().args([TESTJOB, "show"]));
     shown.assert_code(0);
-    assert_eq!(shown.stdout, "note=saved before spinning runs=1\n");
+    assert_eq!(shown.stdout, "note=saved before spin runs=1\n");
 }
 
 #[test]
@@ -111,25 +119,122 @@ fn a_job_blocked_reading_stdin_is_stopped_at_the_deadline() {
 }
 
 #[test]
-fn a_second_signal_forces_the_stop_at_once() {
+fn a_second_signal_forces_the_stop_at_once_whether_the_job_sleeps_or_computes() {
+    for busy in ["sleep", "spin"] {
+        let sandbox = Sandbox::new();
+        let running = Running::start(
+            sandbox
+                .runner()
+                .args(["--grace", "10m", TESTJOB, "linger", busy]),
+            Stdio::null(),
+        );
+        running.wait_for_line("ready");
+        running.signal(SIGINT);
+        running.wait_for_line("stop seen by pollable");
+        let second = Instant::now();
+        running.signal(SIGINT);
+        let done = running.wait();
+        done.assert_code(130);
+        assert!(
+            second.elapsed() < Duration::from_secs(60),
+            "{busy}: {:?}",
+            second.elapsed()
+        );
+        assert!(
+            done.stderr
+                .contains("received SIGINT while stopping: stopping the job by force"),
+            "{busy}: {}",
+            done.stderr
+        );
+        assert!(
+            !done.stderr.contains("did not stop within"),
+            "{}",
+            done.stderr
+        );
+    }
+}
+
+#[test]
+fn timeout_never_forces_a_stop_under_way() {
+    // SIGTERM first; --timeout runs out while the job winds down: it must not force.
     let sandbox = Sandbox::new();
-    let running = start(&sandbox, &["--grace", "10m"], "linger", Stdio::null());
-    running.signal(SIGINT);
-    running.wait_for_line("stop seen by pollable");
-    let second = Instant::now();
-    running.signal(SIGINT);
-    let done = running.wait();
-    done.assert_code(130);
-    assert!(
-        second.elapsed() < Duration::from_secs(60),
-        "{:?}",
-        second.elapsed()
+    let running = start(
+        &sandbox,
+        &["--timeout", "1500ms", "--grace", "10m"],
+        "slow-suspend",
+        Stdio::null(),
     );
+    running.signal(SIGTERM);
+    running.wait_for_line("reason=Some(Terminate)");
+    let done = running.wait();
+    done.assert_code(75);
     assert!(
-        done.stderr
-            .contains("received SIGINT while stopping: stopping the job by force"),
+        !done.stderr.contains("stopping the job by force") && !done.stderr.contains("--timeout"),
         "{}",
         done.stderr
+    );
+
+    // --timeout first; a SIGTERM while the job winds down is noted, not forcing.
+    let sandbox = Sandbox::new();
+    let running = start(
+        &sandbox,
+        &["--timeout", "200ms", "--grace", "10m"],
+        "slow-suspend",
+        Stdio::null(),
+    );
+    running.wait_for_line("reason=Some(Timeout)");
+    running.signal(SIGTERM);
+    let done = running.wait();
+    done.assert_code(75);
+    assert!(
+        done.stderr
+            .contains("received SIGTERM: the job is already stopping (--timeout ran out)"),
+        "{}",
+        done.stderr
+    );
+}
+
+#[test]
+fn a_job_stuck_in_a_call_that_cannot_be_cancelled_is_left_behind_after_the_deadline() {
+    // The job writes to a stdout pipe nobody reads: once the pipe is full it is blocked
+    // in a synchronous write that neither the epoch nor cancellation can interrupt.
+    let sandbox = Sandbox::new();
+    let (unread, stdout) = std::io::pipe().expect("pipe");
+    let child = sandbox
+        .runner()
+        .args(["--grace", "1s", TESTJOB, "flood"])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start runner");
+    let pid = i32::try_from(child.id()).expect("pid");
+    wait_until("the job's checkpoint", || sandbox.checkpoint("testjob"));
+    let signalled = Instant::now();
+    send_signal(pid, SIGTERM);
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    let Ok(output) = receiver.recv_timeout(PATIENCE) else {
+        send_signal(pid, libc::SIGKILL);
+        panic!("the runner did not exit");
+    };
+    let output = output.expect("wait for runner");
+    drop(unread);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(143), "{stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        signalled.elapsed()
+    );
+    assert!(stderr.contains("did not stop within 2s"), "{stderr}");
+    assert_eq!(
+        sandbox
+            .checkpoint("testjob")
+            .map(|record| String::from_utf8_lossy(&record.payload).into_owned()),
+        Some(r#"{"note":"saved before flooding","runs":1}"#.to_owned())
     );
 }
 

@@ -1,18 +1,21 @@
 //! The local-directory store: `STATE_DIR/JOB_ID/checkpoint`.
 //!
-//! A commit writes the record to `checkpoint.tmp` in the same directory, fsyncs it,
-//! renames it over `checkpoint` and fsyncs the directory. A crash at any point leaves
-//! the old or the new record, never a mix; a failed fsync fails the commit (retrying an
-//! fsync can report success after the data was lost).
+//! A commit writes the record to a new temporary file in the same directory (a unique
+//! name per commit, so that two writers can never share one), fsyncs it, renames it over
+//! `checkpoint` and fsyncs the directory. A crash at any point leaves the old or the new
+//! record, never a mix; a failed fsync fails the commit (retrying an fsync can report
+//! success after the data was lost).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+
+use tempfile::NamedTempFile;
 
 use super::{JobId, Record, Store, StoreError};
 
 const CHECKPOINT: &str = "checkpoint";
-const TEMP: &str = "checkpoint.tmp";
+const TEMP_PREFIX: &str = ".checkpoint.";
 
 /// Checkpoints in a local directory.
 #[derive(Debug)]
@@ -26,13 +29,17 @@ impl LocalStore {
     /// an error before the job starts rather than at its first save.
     pub fn open(state_dir: &Path, job_id: &JobId) -> Result<Self, StoreError> {
         let dir = state_dir.join(job_id.as_str());
-        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+            // The new directory's entry must be durable before a commit inside it is.
+            sync_dir(state_dir)?;
+        }
         let store = LocalStore { dir };
-        let probe = store.dir.join(TEMP);
-        File::create(&probe)
-            .and_then(|file| file.sync_all())
-            .map_err(StoreError::io("write", &probe))?;
-        fs::remove_file(&probe).map_err(StoreError::io("remove", &probe))?;
+        let mut probe = store.temp_file()?;
+        probe
+            .write_all(b"probe")
+            .and_then(|()| probe.as_file().sync_all())
+            .map_err(StoreError::io("write", probe.path()))?;
         Ok(store)
     }
 
@@ -45,6 +52,21 @@ impl LocalStore {
     pub fn checkpoint_path(&self) -> PathBuf {
         self.dir.join(CHECKPOINT)
     }
+
+    /// A new, uniquely named file in the job's directory, removed unless persisted.
+    fn temp_file(&self) -> Result<NamedTempFile, StoreError> {
+        tempfile::Builder::new()
+            .prefix(TEMP_PREFIX)
+            .suffix(".tmp")
+            .tempfile_in(&self.dir)
+            .map_err(StoreError::io("create a temporary file in", &self.dir))
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(StoreError::io("fsync directory", dir))
 }
 
 impl Store for LocalStore {
@@ -61,24 +83,18 @@ impl Store for LocalStore {
     }
 
     fn commit(&self, record: &Record) -> Result<(), StoreError> {
-        let temp = self.dir.join(TEMP);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&temp)
-            .map_err(StoreError::io("create", &temp))?;
-        file.write_all(&record.encode())
-            .map_err(StoreError::io("write", &temp))?;
-        file.sync_all().map_err(StoreError::io("fsync", &temp))?;
-        drop(file);
+        let mut temp = self.temp_file()?;
+        temp.write_all(&record.encode())
+            .map_err(StoreError::io("write", temp.path()))?;
+        temp.as_file()
+            .sync_all()
+            .map_err(StoreError::io("fsync", temp.path()))?;
         let target = self.checkpoint_path();
-        fs::rename(&temp, &target).map_err(StoreError::io("rename into place", &target))?;
-        // The rename is durable only once the directory entry is on disk.
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(StoreError::io("fsync directory", &self.dir))?;
-        Ok(())
+        temp.persist(&target)
+            .map_err(|error| StoreError::io("rename into place", &target)(error.error))?;
+        // The rename is durable only once the directory entry is on disk. If that fails
+        // the new record is in place but may not survive a crash: say so, distinctly.
+        sync_dir(&self.dir).map_err(|error| StoreError::NotDurable(Box::new(error)))
     }
 }
 
@@ -103,7 +119,12 @@ mod tests {
             store.commit(&record).expect("commit");
             assert_eq!(store.load().expect("load"), Some(record));
         }
-        assert!(!store.dir().join(TEMP).exists());
+        let leftovers: Vec<_> = fs::read_dir(store.dir())
+            .expect("list")
+            .map(|entry| entry.expect("entry").file_name())
+            .filter(|name| name != CHECKPOINT)
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
     }
 
     #[test]
@@ -130,7 +151,7 @@ mod tests {
         };
         store.commit(&record).expect("commit");
         // A crash after writing the temp file but before the rename.
-        fs::write(store.dir().join(TEMP), b"half-writ").expect("write");
+        fs::write(store.dir().join(".checkpoint.crashed.tmp"), b"half-writ").expect("write");
         assert_eq!(store.load().expect("load"), Some(record));
     }
 

@@ -14,8 +14,8 @@ pub use format::Record;
 
 /// The largest state a job may save, in bytes.
 ///
-/// The state crosses from the job's memory into the runner's in one piece and is
-/// written in one piece, so the bound keeps one save from exhausting the host's memory.
+/// A record is written, and read back at the next start, in one piece: the bound keeps
+/// the record, and the memory a load takes, within reason.
 pub const MAX_STATE_LEN: u64 = 256 << 20;
 
 /// A job's identity in the state directory: one directory per id.
@@ -67,6 +67,10 @@ pub enum StoreError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// The new record was renamed into place, but the directory could not be fsynced:
+    /// it is the current record now, yet may not survive a crash.
+    #[error("the new checkpoint is in place but may not survive a crash: {0}")]
+    NotDurable(Box<StoreError>),
     /// The stored record is not a valid checkpoint.
     #[error("checkpoint `{path}` is unusable: {problem}")]
     Corrupt {
@@ -99,8 +103,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn load(&self) -> Result<Option<Record>, StoreError>;
 
     /// Replaces the committed record with `record`. When it returns `Ok` the record is
-    /// on stable storage; if it fails or the process dies during the call, the previous
-    /// record is still the committed one.
+    /// on stable storage. If it fails (other than with [`StoreError::NotDurable`]) or the
+    /// process dies during the call, the previous record is still the committed one.
     fn commit(&self, record: &Record) -> Result<(), StoreError>;
 }
 

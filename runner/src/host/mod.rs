@@ -34,9 +34,9 @@ mod bindings {
     });
 }
 
+pub use bindings::JobPre;
 /// How a job's `run` ended when it returned.
 pub use bindings::Outcome as JobOutcome;
-pub use bindings::{Job, JobPre};
 
 /// The data of a job's store.
 pub struct JobState {

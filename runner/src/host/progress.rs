@@ -39,7 +39,7 @@ impl Host for Progress {
         {
             self.last_shown = Some(now);
             if let Some(text) = self.latest() {
-                eprintln!("runner: progress {text}");
+                say!("progress {text}");
             }
         }
         Ok(())

@@ -35,6 +35,13 @@ fn report_stop(how: &str) {
     );
 }
 
+fn spin() -> ! {
+    let mut x = 1u64;
+    loop {
+        x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
 fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_default();
@@ -54,13 +61,25 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             ctx.state.note = "suspended after wait".into();
             ctx.suspend()
         }
-        // Sees the request on the pollable, then ignores it and sleeps an hour.
+        // Sees the request on the pollable, then ignores it: sleeps an hour, or spins.
         "linger" => {
             ready();
             guest_sdk::wait_for_shutdown();
             report_stop("pollable");
-            std::thread::sleep(Duration::from_secs(3600));
+            match arg.as_deref() {
+                Some("spin") => spin(),
+                _ => std::thread::sleep(Duration::from_secs(3600)),
+            }
             Ok(Outcome::Completed)
+        }
+        // Sees the request, takes two seconds to wind down, then saves and suspends.
+        "slow-suspend" => {
+            ready();
+            guest_sdk::wait_for_shutdown();
+            report_stop("pollable");
+            std::thread::sleep(Duration::from_secs(2));
+            ctx.state.note = "suspended slowly".into();
+            ctx.suspend()
         }
         // Computes, checking the flag, then saves and suspends.
         "flag" => {
@@ -73,35 +92,41 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             ctx.state.note = "suspended after flag".into();
             ctx.suspend()
         }
-        // Commits a checkpoint, then computes forever without looking at the request.
-        "spin" => {
-            ctx.state.note = "saved before spinning".into();
+        // Commit a checkpoint, then compute forever, sleep an hour, or read stdin to its
+        // end, without looking at the request.
+        "spin" | "sleep" | "stdin" => {
+            ctx.state.note = format!("saved before {mode}");
             ctx.checkpoint()?;
             ready();
-            let mut x = 1u64;
-            loop {
-                x = black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            match mode.as_str() {
+                "spin" => spin(),
+                "sleep" => std::thread::sleep(Duration::from_secs(3600)),
+                _ => {
+                    let mut input = Vec::new();
+                    std::io::stdin().read_to_end(&mut input)?;
+                }
             }
-        }
-        // Sleeps an hour in a host call, ignoring the request.
-        "sleep" => {
-            ready();
-            std::thread::sleep(Duration::from_secs(3600));
-            println!("slept");
+            println!("{mode} ended");
             Ok(Outcome::Completed)
         }
-        // Reads stdin to its end, ignoring the request.
-        "stdin" => {
-            ready();
-            let mut input = Vec::new();
-            std::io::stdin().read_to_end(&mut input)?;
-            println!("read {} bytes", input.len());
-            Ok(Outcome::Completed)
+        // Commits a checkpoint, then writes to stdout without end (the test does not
+        // read it, so the job blocks in a write), ignoring the request.
+        "flood" => {
+            ctx.state.note = "saved before flooding".into();
+            ctx.checkpoint()?;
+            let line = "x".repeat(1023);
+            loop {
+                println!("{line}");
+            }
         }
         "error" => Err(anyhow!("the disk is on fire").context("cannot write the report")),
         "trap" => panic!("the job panicked on purpose"),
         "exit" => guest_sdk::exit(arg.as_deref().unwrap_or("0").parse()?),
-        "std-exit" => std::process::exit(arg.as_deref().unwrap_or("0").parse()?),
+        "std-exit" =>
+        {
+            #[expect(clippy::exit, reason = "the test checks what std's exit reports")]
+            std::process::exit(arg.as_deref().unwrap_or("0").parse()?)
+        }
         "args" => {
             println!("args={:?}", std::env::args().collect::<Vec<_>>());
             println!("env={:?}", std::env::vars().collect::<Vec<_>>());
