@@ -66,20 +66,25 @@ pub enum FormatError {
 }
 
 impl Record {
-    /// The record as stored.
+    /// The header as stored; the payload follows it. Writing the two separately spares a
+    /// copy of a large payload.
+    pub fn header(&self) -> [u8; HEADER_LEN] {
+        let mut header = [0u8; HEADER_LEN];
+        header[..8].copy_from_slice(MAGIC);
+        header[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        header[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
+        // 12..16: flags, 0.
+        header[16..24].copy_from_slice(&self.sequence.to_le_bytes());
+        header[24..32].copy_from_slice(&(self.payload.len() as u64).to_le_bytes());
+        header[32..36].copy_from_slice(&crc32fast::hash(&self.payload).to_le_bytes());
+        let header_crc = crc32fast::hash(&header[..36]);
+        header[36..40].copy_from_slice(&header_crc.to_le_bytes());
+        header
+    }
+
+    /// The record as stored: header, then payload.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + self.payload.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        out.extend_from_slice(&(HEADER_LEN as u16).to_le_bytes());
-        out.extend_from_slice(&0u32.to_le_bytes());
-        out.extend_from_slice(&self.sequence.to_le_bytes());
-        out.extend_from_slice(&(self.payload.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&self.payload).to_le_bytes());
-        let header_crc = crc32fast::hash(&out);
-        out.extend_from_slice(&header_crc.to_le_bytes());
-        out.extend_from_slice(&self.payload);
-        out
+        [&self.header()[..], &self.payload].concat()
     }
 
     /// Reads a stored record, checking everything the header promises.
