@@ -109,6 +109,8 @@ pub enum StopReason {
     Hangup,
     /// The runner's `--timeout` ran out.
     Timeout,
+    /// Another runner took the job over; the job is being stopped at once.
+    Fenced,
 }
 
 /// True once the runner has asked the job to stop. Cheap: call it as often as you like.
@@ -123,6 +125,7 @@ pub fn stop_reason() -> Option<StopReason> {
         lifecycle::StopReason::Interrupt => StopReason::Interrupt,
         lifecycle::StopReason::Hangup => StopReason::Hangup,
         lifecycle::StopReason::Timeout => StopReason::Timeout,
+        lifecycle::StopReason::Fenced => StopReason::Fenced,
     })
 }
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::checkpoint::JobId;
 use crate::outcome::EXIT_CODES;
@@ -23,11 +23,71 @@ use crate::outcome::EXIT_CODES;
 #[command(
     name = "runner",
     version,
-    override_usage = "runner [OPTIONS] JOB.wasm [ARGS]...",
+    override_usage = "runner [OPTIONS] JOB.wasm [ARGS]...\n       runner state show|reset JOB_ID",
     after_help = EXIT_CODES,
-    max_term_width = 100
+    max_term_width = 100,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
 )]
 pub struct Cli {
+    /// Inspect or remove a job's state instead of running a job.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// How to run the job.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show or remove a job's committed state.
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+/// `runner state ...`.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Print the job's committed checkpoint: sequence, size, when and by which module it
+    /// was written, its fencing number, the output lengths it records, and who holds the
+    /// job's lock.
+    Show(StateArgs),
+    /// Remove the job's state (both checkpoint generations, the fencing number, the lock
+    /// file), after printing what it removes. Refused while a runner holds the job. The
+    /// output directory is not touched: empty it before the job runs again.
+    Reset(StateArgs),
+}
+
+/// The job a `state` subcommand is about.
+#[derive(Debug, clap::Args)]
+pub struct StateArgs {
+    /// The job id (by default a job's id is its file name without the extension).
+    #[arg(value_name = "JOB_ID")]
+    pub job_id: String,
+
+    /// Where checkpoints are kept. Default: $RUNNER_STATE_DIR, else
+    /// $XDG_STATE_HOME/runner, else ~/.local/state/runner.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateArgs {
+    /// The job id and state directory, checked.
+    pub fn validate(self) -> Result<(JobId, PathBuf)> {
+        let job_id = JobId::new(&self.job_id)?;
+        let state_dir = match self.state_dir {
+            Some(dir) => dir,
+            None => default_state_dir()?,
+        };
+        Ok((job_id, state_dir))
+    }
+}
+
+/// How to run a job.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
     /// How long the job has, after a shutdown request, to save its state and return
     /// before it is stopped by force. Keep it shorter than the time your orchestrator
     /// waits before SIGKILL (Kubernetes: terminationGracePeriodSeconds, 30s by default).
@@ -50,6 +110,27 @@ pub struct Cli {
     /// extension.
     #[arg(long, value_name = "ID")]
     pub job_id: Option<String>,
+
+    /// A transactional output directory, at GUEST inside the job (default: the same
+    /// path); the job finds its path in $RUNNER_OUTPUT_DIR. At each checkpoint its files
+    /// are fsynced and their lengths recorded; a resumed run first cuts them back to those
+    /// lengths and removes files created since, so what the job writes there between
+    /// checkpoints is neither lost nor duplicated. Files there must be append-only.
+    #[arg(long, value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    pub output: Option<DirMapping>,
+
+    /// How long to wait for the job's lock when another runner holds it (a pod still
+    /// terminating while its replacement starts), before giving up with exit 69. The
+    /// default outlasts Kubernetes' default 30s termination grace period.
+    #[arg(long, value_name = "DURATION", env = "RUNNER_LOCK_TIMEOUT", default_value = "60s",
+          value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+
+    /// Start from scratch: remove the job's checkpoints (and, with --output, the output
+    /// files) instead of resuming. Needed to run a job whose checkpoints are all unusable;
+    /// the runner never starts over on its own.
+    #[arg(long)]
+    pub start_over: bool,
 
     /// Give the job a host directory, at GUEST inside the job (default: the same path).
     /// May be repeated. The job sees no other files.
@@ -107,9 +188,15 @@ pub struct RunConfig {
     pub dirs: Vec<DirMapping>,
     /// The job's environment.
     pub env: Vec<(String, String)>,
+    /// The transactional output directory.
+    pub output: Option<DirMapping>,
+    /// How long to wait for the job's lock.
+    pub lock_timeout: Duration,
+    /// Whether to discard the job's checkpoints.
+    pub start_over: bool,
 }
 
-impl Cli {
+impl RunArgs {
     /// Checks the parsed command line against the environment and builds a
     /// [`RunConfig`].
     pub fn validate(self) -> Result<RunConfig> {
@@ -150,6 +237,9 @@ impl Cli {
             };
             env.push((setting.name, value));
         }
+        if let Some(output) = &self.output {
+            env.push(("RUNNER_OUTPUT_DIR".to_owned(), output.guest.clone()));
+        }
 
         Ok(RunConfig {
             job,
@@ -160,6 +250,9 @@ impl Cli {
             job_id,
             dirs: self.dirs,
             env,
+            output: self.output,
+            lock_timeout: self.lock_timeout,
+            start_over: self.start_over,
         })
     }
 }
@@ -269,13 +362,28 @@ mod tests {
     fn everything_after_the_job_goes_to_the_job() {
         let cli = Cli::try_parse_from(["runner", "--grace", "1s", "job.wasm", "--grace", "x"])
             .expect("parses");
-        assert_eq!(cli.grace, Duration::from_secs(1));
-        assert_eq!(cli.job_and_args, ["job.wasm", "--grace", "x"]);
+        assert_eq!(cli.run.grace, Duration::from_secs(1));
+        assert_eq!(cli.run.job_and_args, ["job.wasm", "--grace", "x"]);
         let config = Cli::try_parse_from(["runner", "--state-dir", "/s", "dir/my-job.wasm", "a"])
             .expect("parses")
+            .run
             .validate()
             .expect("valid");
         assert_eq!(config.args, ["my-job.wasm", "a"]);
         assert_eq!(config.job_id.as_str(), "my-job");
+    }
+
+    #[test]
+    fn state_subcommands_and_jobs_named_like_them() {
+        let cli = Cli::try_parse_from(["runner", "state", "show", "job", "--state-dir", "/s"])
+            .expect("parses");
+        assert!(matches!(
+            cli.command,
+            Some(Command::State(StateCommand::Show(StateArgs { ref job_id, .. }))) if job_id == "job"
+        ));
+        let cli = Cli::try_parse_from(["runner", "./state", "show"]).expect("parses");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.run.job_and_args, ["./state", "show"]);
+        assert!(Cli::try_parse_from(["runner"]).is_err());
     }
 }

@@ -7,6 +7,9 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
+use sha2::{Digest as _, Sha256};
+
+use crate::checkpoint::format::Digest;
 use crate::host::{self, JobPre, JobState};
 
 /// A new engine for one job.
@@ -20,9 +23,25 @@ pub fn new_engine() -> Result<Engine> {
     Engine::new(&config).map_err(|error| anyhow!(error).context("cannot create the engine"))
 }
 
+/// A compiled, linked job and the SHA-256 of its file.
+pub struct LoadedJob {
+    /// Ready to instantiate.
+    pub pre: JobPre<JobState>,
+    /// SHA-256 of the job file, written into its checkpoints.
+    pub digest: Digest,
+}
+
+impl std::fmt::Debug for LoadedJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedJob")
+            .field("digest", &crate::hex(&self.digest))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Reads, compiles and links the job at `path`, checking that it is a component of the
 /// `runner:job/job` world. Every error names the file and says what is wrong with it.
-pub fn load_job(engine: &Engine, path: &Path) -> Result<JobPre<JobState>> {
+pub fn load_job(engine: &Engine, path: &Path) -> Result<LoadedJob> {
     let shown = path.display();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read job `{shown}`"))?;
     match bytes.get(..8) {
@@ -44,8 +63,12 @@ pub fn load_job(engine: &Engine, path: &Path) -> Result<JobPre<JobState>> {
     let instance_pre = linker.instantiate_pre(&component).map_err(|error| {
         anyhow!("job `{shown}` needs an import the runner does not provide: {error:#}")
     })?;
-    JobPre::new(instance_pre).map_err(|error| {
+    let pre = JobPre::new(instance_pre).map_err(|error| {
         anyhow!("job `{shown}` does not match the runner:job/job world: {error:#}")
+    })?;
+    Ok(LoadedJob {
+        pre,
+        digest: Sha256::digest(&bytes).into(),
     })
 }
 

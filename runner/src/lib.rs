@@ -22,18 +22,21 @@ pub mod host;
 pub mod outcome;
 pub mod shutdown;
 pub mod signals;
+pub mod state;
 
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::{Trap, WasmBacktrace};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder};
 
-use crate::checkpoint::Store as _;
-use crate::checkpoint::fs::LocalStore;
+use crate::checkpoint::Loaded;
+use crate::checkpoint::fs::{Claim, JobDir, Lock};
+use crate::checkpoint::output::OutputDir;
 use crate::cli::RunConfig;
-use crate::host::{JobOutcome, JobState, RunnerClock};
+use crate::host::{JobOutcome, JobState, RunnerClock, Saves};
 pub use crate::outcome::Outcome;
 use crate::shutdown::{Shutdown, StopReason};
 
@@ -52,32 +55,60 @@ pub async fn run(config: RunConfig, shutdown: Arc<Shutdown>) -> Outcome {
 
 async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> {
     // The state directory first: it is the cheapest check and the one most often wrong.
-    let store = LocalStore::open(&config.state_dir, &config.job_id)
+    let job_dir = JobDir::new(&config.state_dir, &config.job_id);
+    job_dir
+        .create()
         .with_context(|| format!("unusable state directory for job `{}`", config.job_id))?;
-    let committed = store.load()?;
+    let output = config
+        .output
+        .as_ref()
+        .map(|output| OutputDir::open(&output.host))
+        .transpose()?;
     let clock_zero = Instant::now();
     let wasi = wasi_context(&config, clock_zero)?;
 
     let engine = engine::new_engine()?;
     shutdown.attach_engine(&engine);
-    // Compiling a large component takes seconds: do it off the runtime, and give up on
-    // it if the stop is forced meanwhile (a second Ctrl-C must not wait for cranelift).
+    // Compiling a large component takes seconds: do it off the runtime, meanwhile
+    // waiting for the job's lock, and give up on it if the stop is forced meanwhile (a
+    // second Ctrl-C must not wait for cranelift).
     let compile = tokio::task::spawn_blocking({
         let (engine, path) = (engine.clone(), config.job.clone());
         move || engine::load_job(&engine, &path)
     });
+    let lock = match lock_job(&job_dir, &config, &shutdown).await? {
+        Ok(lock) => lock,
+        Err(outcome) => return Ok(outcome),
+    };
+    let claim = Claim::new(job_dir, lock, config.start_over)
+        .with_context(|| format!("cannot load the state of job `{}`", config.job_id))?;
+    for note in &claim.loaded.notes {
+        say!("{note}");
+    }
+    // Before taking a fencing number, so that a refused run leaves no trace.
+    restore_output(output.as_ref(), &claim.loaded, &config)?;
+    let (store, loaded) = claim.own(output.as_ref().map(OutputDir::key))?;
     let job = tokio::select! {
         compiled = compile => compiled.context("compiling the job panicked")??,
         reason = shutdown.forced() => return Ok(Outcome::Forced(reason)),
     };
 
-    if let Some(record) = &committed {
+    if let Some(record) = &loaded.record {
         say!(
             "resuming job `{}` from checkpoint {} in `{}`",
             config.job_id,
             record.sequence,
             store.dir().display()
         );
+        if record.module_digest != job.digest {
+            say!(
+                "checkpoint {} was written by another module (sha256 {}); this one is sha256 \
+                 {}: loading it anyway, as the job owns its state's format",
+                record.sequence,
+                hex(&record.module_digest[..8]),
+                hex(&job.digest[..8])
+            );
+        }
     }
     let mut store = wasmtime::Store::new(
         &engine,
@@ -85,9 +116,13 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
             wasi,
             clock_zero,
             shutdown.clone(),
-            Arc::new(store),
-            committed,
-        ),
+            Saves {
+                store: Arc::new(store),
+                output,
+                module_digest: job.digest,
+                committed: loaded.record,
+            },
+        )?,
     );
     // One tick past the current epoch: the single bump of a forced stop traps the job.
     store.set_epoch_deadline(1);
@@ -106,12 +141,17 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
 
     let ended = tokio::select! {
         biased;
-        result = call_run(&job, &mut store) => Ended::Returned(result),
+        result = call_run(&job.pre, &mut store) => Ended::Returned(result),
         // Dropping the `run` future cancels whatever host call the job is blocked in; a
         // job that is computing was already trapped by the epoch bump.
         reason = shutdown.forced() => Ended::Forced(reason),
     };
+    let revoked = shutdown
+        .current()
+        .is_some_and(|request| request.forced == Some(StopReason::Fenced));
     let outcome = match ended {
+        // Whatever the job did after losing the job, only the new owner's state counts.
+        _ if revoked => Outcome::Forced(StopReason::Fenced),
         Ended::Forced(reason) => Outcome::Forced(reason),
         Ended::Returned(Ok(Ok(JobOutcome::Completed))) => Outcome::Completed,
         Ended::Returned(Ok(Ok(JobOutcome::Suspended))) => Outcome::Suspended,
@@ -124,6 +164,139 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
         say!("the job's last progress report: {progress}");
     }
     Ok(outcome)
+}
+
+/// How often a runner waiting for a job's lock tries again.
+const LOCK_POLL: Duration = Duration::from_millis(50);
+
+/// Takes the job's lock, waiting up to `--lock-timeout` for another runner to release
+/// it. A stop requested meanwhile ends the wait: the job has not started.
+async fn lock_job(
+    dir: &JobDir,
+    config: &RunConfig,
+    shutdown: &Shutdown,
+) -> Result<Result<Lock, Outcome>> {
+    let start = Instant::now();
+    let mut waiting = false;
+    loop {
+        let holder = match dir.try_lock()? {
+            Ok(lock) => {
+                if waiting {
+                    say!(
+                        "took the lock of job `{}` after waiting {}",
+                        config.job_id,
+                        cli::format_duration(Duration::from_millis(
+                            u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+                        ))
+                    );
+                }
+                return Ok(Ok(lock));
+            }
+            Err(holder) => holder,
+        };
+        let left = config.lock_timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Ok(Err(Outcome::Locked(format!(
+                "job `{}` is owned by {holder}, which still held its lock `{}` after {} \
+                 (--lock-timeout)",
+                config.job_id,
+                dir.file(checkpoint::fs::LOCK).display(),
+                cli::format_duration(config.lock_timeout)
+            ))));
+        }
+        if !waiting {
+            say!(
+                "job `{}` is owned by {holder}: waiting up to {} for it to finish (--lock-timeout)",
+                config.job_id,
+                cli::format_duration(config.lock_timeout)
+            );
+            waiting = true;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(LOCK_POLL.min(left)) => {}
+            () = shutdown.requested() => {
+                say!("not starting the job: the stop came while it waited for its lock");
+                return Ok(Err(Outcome::Suspended));
+            }
+        }
+    }
+}
+
+/// Puts the output directory back as the job's last checkpoint left it, refusing the run
+/// if the directory is not the one the checkpoints track.
+fn restore_output(output: Option<&OutputDir>, loaded: &Loaded, config: &RunConfig) -> Result<()> {
+    let job_id = &config.job_id;
+    let tracked = loaded
+        .record
+        .as_ref()
+        .and_then(|record| record.output_dir.as_deref());
+    let Some(output) = output else {
+        if let Some(dir) = tracked {
+            bail!(
+                "job `{job_id}`'s checkpoint tracks the output directory `{dir}`: pass \
+                 --output {dir} (or --start-over to start from scratch)"
+            );
+        }
+        return Ok(());
+    };
+    let shown = output.path().display();
+    if let Ok(state_dir) = config.state_dir.canonicalize() {
+        let key = Path::new(output.key());
+        if key.starts_with(&state_dir) || state_dir.starts_with(key) {
+            bail!(
+                "--output `{shown}` and --state-dir `{}` overlap: the job could overwrite its \
+                 own checkpoints",
+                config.state_dir.display()
+            );
+        }
+    }
+    let committed = match &loaded.record {
+        Some(record) => match record.output_dir.as_deref() {
+            Some(dir) if dir == output.key() => &record.outputs[..],
+            Some(dir) => bail!(
+                "job `{job_id}`'s checkpoint {} tracks the output directory `{dir}`, not \
+                 `{}`: pass --output {dir} (or --start-over to start from scratch)",
+                record.sequence,
+                output.key()
+            ),
+            None => bail!(
+                "job `{job_id}`'s checkpoint {} was saved without --output: run it without \
+                 --output, or pass --start-over to start from scratch with `{shown}`",
+                record.sequence
+            ),
+        },
+        // Starting over, or an earlier run of this job with this directory died before
+        // its first checkpoint: all it wrote there goes.
+        None if config.start_over || loaded.earlier_output.as_deref() == Some(output.key()) => &[],
+        None => {
+            if output.has_files()? {
+                bail!(
+                    "--output `{shown}` already holds files, and job `{job_id}` has no \
+                     checkpoint that records them: give the job an empty directory (or pass \
+                     --start-over to have them removed)"
+                );
+            }
+            return Ok(());
+        }
+    };
+    let restored = output
+        .restore(committed)
+        .with_context(|| format!("cannot restore --output `{shown}` to the last checkpoint"))?;
+    if restored.truncated > 0 || restored.removed > 0 {
+        say!(
+            "undid what the job wrote to `{shown}` after its last checkpoint: cut {} bytes off \
+             {} file(s), removed {} file(s)",
+            restored.bytes_dropped,
+            restored.truncated,
+            restored.removed
+        );
+    }
+    Ok(())
+}
+
+/// Lower-case hexadecimal.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 enum Ended {
@@ -164,7 +337,7 @@ fn wasi_context(config: &RunConfig, clock_zero: Instant) -> Result<WasiCtx> {
         .args(&config.args)
         .envs(&config.env)
         .monotonic_clock(RunnerClock::new(clock_zero));
-    for dir in &config.dirs {
+    for dir in config.dirs.iter().chain(&config.output) {
         wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
             .map_err(|error| anyhow!(error))
             .with_context(|| format!("cannot open --dir `{}`", dir.host.display()))?;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use runner::cli::Cli;
+use runner::cli::{Cli, Command, StateCommand};
 use runner::shutdown::Shutdown;
 use runner::{Outcome, signals};
 
@@ -36,7 +36,10 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
         }
     };
-    let outcome = match cli.validate() {
+    if let Some(Command::State(command)) = cli.command {
+        return state_command(command);
+    }
+    let outcome = match cli.run.validate() {
         Ok(config) => {
             let shutdown = Shutdown::new(config.grace);
             runtime.spawn(signals::forward(signals, shutdown.clone()));
@@ -48,6 +51,27 @@ fn main() -> ExitCode {
     // whatever it was, the job's committed state is already whole.
     runtime.shutdown_background();
     report(outcome)
+}
+
+fn state_command(command: StateCommand) -> ExitCode {
+    let (args, act): (_, fn(&_, &_) -> _) = match command {
+        StateCommand::Show(args) => (args, runner::state::show),
+        StateCommand::Reset(args) => (args, runner::state::reset),
+    };
+    match args
+        .validate()
+        .and_then(|(job_id, state_dir)| act(&state_dir, &job_id))
+    {
+        Ok(text) => {
+            use std::io::Write as _;
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(error) => match error.downcast::<runner::state::Owned>() {
+            Ok(owned) => report(Outcome::Locked(owned.0)),
+            Err(error) => report(Outcome::Failed(error)),
+        },
+    }
 }
 
 fn report(outcome: Outcome) -> ExitCode {

@@ -9,6 +9,8 @@ Exit codes:
   0        the job completed
   1        the job returned an error
   2        usage error, invalid job, unusable state, or runner failure before the job ran
+  69       another runner owns the job: its lock was not free within --lock-timeout, or a
+           newer runner took the job over while this one ran (the job was stopped at once)
   75       suspended: the job stopped on request after saving its state; run again to resume
   124      stopped by force after --timeout ran out
   129      stopped by force after SIGHUP (the grace ran out, or a second signal came)
@@ -33,6 +35,8 @@ pub enum Outcome {
     Trapped(String),
     /// The job called `wasi:cli/exit`.
     Exited(i32),
+    /// Another runner holds the job's lock, and did not release it in time.
+    Locked(String),
     /// The job could not be run: bad usage, an invalid job, an unusable state directory
     /// or a runner failure.
     Failed(anyhow::Error),
@@ -45,6 +49,7 @@ impl Outcome {
             Outcome::Completed => 0,
             Outcome::JobFailed(_) => 1,
             Outcome::Failed(_) => 2,
+            Outcome::Locked(_) | Outcome::Forced(StopReason::Fenced) => 69,
             Outcome::Suspended => 75,
             Outcome::Forced(StopReason::Timeout) => 124,
             // 128 + signal number, as a shell reports a process killed by that signal.
@@ -65,6 +70,12 @@ impl Outcome {
                 Some("job suspended: its state is saved; run it again to resume (exit 75)".into())
             }
             Outcome::JobFailed(message) => Some(format!("job failed: {message}")),
+            Outcome::Forced(StopReason::Fenced) => Some(format!(
+                "job stopped: another runner has taken it over, and its checkpoints stand \
+                 (exit {})",
+                self.exit_code()
+            )),
+            Outcome::Locked(message) => Some(format!("error: {message}")),
             Outcome::Forced(reason) => Some(format!(
                 "job stopped by force after {}; its last checkpoint stands (exit {})",
                 reason.cause(),
@@ -86,6 +97,8 @@ mod tests {
             (Outcome::Completed, 0),
             (Outcome::JobFailed("x".into()), 1),
             (Outcome::Failed(anyhow::anyhow!("x")), 2),
+            (Outcome::Locked("x".into()), 69),
+            (Outcome::Forced(StopReason::Fenced), 69),
             (Outcome::Suspended, 75),
             (Outcome::Forced(StopReason::Timeout), 124),
             (Outcome::Forced(StopReason::Hangup), 129),

@@ -39,6 +39,9 @@ pub enum StopReason {
     Hangup,
     /// The runner's `--timeout` ran out.
     Timeout,
+    /// Another runner took the job over: this one may not save any more, so the job is
+    /// stopped at once.
+    Fenced,
 }
 
 impl StopReason {
@@ -49,6 +52,7 @@ impl StopReason {
             StopReason::Interrupt => "SIGINT",
             StopReason::Hangup => "SIGHUP",
             StopReason::Timeout => "--timeout",
+            StopReason::Fenced => "another runner took the job over",
         }
     }
 }
@@ -170,6 +174,37 @@ impl Shutdown {
             Requested::Noted | Requested::Ignored => {}
         }
         outcome
+    }
+
+    /// Stops the job at once because another runner owns it now (a save was fenced):
+    /// there is nothing left for it to save.
+    pub fn revoke(&self) {
+        let mut forced = false;
+        self.state.send_if_modified(|state| {
+            if state.is_some_and(|request| request.forced.is_some()) {
+                return false;
+            }
+            say!("another runner has taken this job over: stopping the job now");
+            let request = state.get_or_insert(Request {
+                reason: StopReason::Fenced,
+                deadline: Instant::now(),
+                signalled: false,
+                forced: None,
+            });
+            request.forced = Some(StopReason::Fenced);
+            forced = true;
+            true
+        });
+        if forced {
+            self.after_forcing(StopReason::Fenced);
+        }
+    }
+
+    /// Resolves once a stop has been requested, for any reason.
+    pub async fn requested(&self) {
+        let mut receiver = self.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = receiver.wait_for(Option::is_some).await;
     }
 
     /// Forces the stop because the grace period ran out, unless it already was.
@@ -327,5 +362,22 @@ mod tests {
                 .expect("forced within 30s")
         });
         assert_eq!(reason, StopReason::Timeout);
+    }
+
+    #[test]
+    fn a_revoked_job_is_stopped_at_once_whatever_came_before() {
+        let shutdown = Shutdown::new(Duration::from_secs(600));
+        shutdown.revoke();
+        assert_eq!(forced(&shutdown), Some(StopReason::Fenced));
+        assert_eq!(shutdown.request(StopReason::Terminate), Requested::Ignored);
+
+        let shutdown = Shutdown::new(Duration::from_secs(600));
+        shutdown.request(StopReason::Terminate);
+        shutdown.revoke();
+        assert_eq!(forced(&shutdown), Some(StopReason::Fenced));
+        assert_eq!(
+            shutdown.current().map(|request| request.reason),
+            Some(StopReason::Terminate)
+        );
     }
 }

@@ -11,6 +11,7 @@ use std::process::Command;
 const GUESTS: &[(&str, &str, &str)] = &[
     ("primes", "primes.wasm", "PRIMES"),
     ("wordcount", "wordcount.wasm", "WORDCOUNT"),
+    ("sequence", "sequence.wasm", "SEQUENCE"),
     ("test-jobs", "testjob.wasm", "TESTJOB"),
     ("test-jobs", "command.wasm", "COMMAND"),
 ];

@@ -1,8 +1,12 @@
 //! Integration tests: the real `runner` binary running real guest components built from
 //! source (`test-guests`), stopped by real signals.
 
+mod chaos;
+mod crash;
+mod durable;
 mod invalid;
 mod outcomes;
+mod ownership;
 mod pid1;
 mod resume;
 mod stop;

@@ -46,11 +46,77 @@ impl Sandbox {
         command
     }
 
-    /// The committed checkpoint of `job_id`, if there is one.
+    /// The transactional output directory for one test.
+    pub fn output_dir(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    /// The directory of `job_id` in the state directory.
+    pub fn job_dir(&self, job_id: &str) -> PathBuf {
+        self.state_dir().join(job_id)
+    }
+
+    /// The newest committed checkpoint of `job_id`, as the runner would load it: the
+    /// usable generation with the highest sequence number. A damaged file fails the test.
     pub fn checkpoint(&self, job_id: &str) -> Option<Record> {
-        let path = self.state_dir().join(job_id).join("checkpoint");
-        let bytes = std::fs::read(&path).ok()?;
-        Some(Record::decode(&bytes).unwrap_or_else(|error| panic!("{}: {error}", path.display())))
+        ["checkpoint", "checkpoint.prev"]
+            .into_iter()
+            .filter_map(|name| {
+                let path = self.job_dir(job_id).join(name);
+                let bytes = std::fs::read(&path).ok()?;
+                Some(
+                    Record::decode(&bytes)
+                        .unwrap_or_else(|error| panic!("{}: {error}", path.display())),
+                )
+            })
+            .max_by_key(|record| record.sequence)
+    }
+
+    /// A `runner` command for `sequence.wasm N` with this sandbox's output directory.
+    pub fn sequence(&self, lines: u64) -> Command {
+        let mut command = self.runner();
+        command
+            .arg("--output")
+            .arg(self.output_dir())
+            .arg(test_guests::SEQUENCE)
+            .arg(lines.to_string());
+        command
+    }
+
+    /// Checks that the `sequence` job's newest checkpoint agrees with its output: the
+    /// lines its state says were written are exactly the bytes the record commits of
+    /// `out.txt`, and the file holds at least those. Returns the lines committed.
+    pub fn assert_sequence_consistent(&self) -> u64 {
+        let Some(record) = self.checkpoint("sequence") else {
+            return 0;
+        };
+        let state: serde_json::Value =
+            serde_json::from_slice(&record.payload).expect("sequence state is JSON");
+        let written = state["written"].as_u64().expect("written");
+        let expected_len: u64 = (1..=written).map(|n| n.to_string().len() as u64 + 1).sum();
+        let recorded = record
+            .outputs
+            .iter()
+            .find(|output| output.path == "out.txt")
+            .map_or(0, |output| output.len);
+        assert_eq!(
+            recorded, expected_len,
+            "checkpoint {} says {written} lines were written but records {recorded} bytes of \
+             out.txt",
+            record.sequence
+        );
+        let on_disk = std::fs::metadata(self.output_dir().join("out.txt")).map_or(0, |m| m.len());
+        assert!(
+            on_disk >= recorded,
+            "out.txt is {on_disk} bytes, shorter than the {recorded} committed"
+        );
+        written
+    }
+
+    /// Checks `out.txt` line by line against 1..=lines.
+    pub fn check_sequence_output(&self, lines: u64) -> SequenceCheck {
+        let text = std::fs::read_to_string(self.output_dir().join("out.txt")).unwrap_or_default();
+        SequenceCheck::of(&text, lines)
     }
 
     /// Waits until `job_id`, run by `running`, has committed a checkpoint with a
@@ -201,6 +267,20 @@ impl Running {
         send_signal(self.pid(), signal);
     }
 
+    /// For a process started under `strace`: the pid of the traced runner, its only
+    /// child. Signals go to it, not to strace (which would detach and leave it running).
+    pub fn traced_pid(&self) -> i32 {
+        let children = format!("/proc/{0}/task/{0}/children", self.pid());
+        wait_until("strace to start the runner", || {
+            std::fs::read_to_string(&children)
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+    }
+
     /// Waits for the process to exit (at most [`PATIENCE`]) and collects its output.
     pub fn wait(mut self) -> Finished {
         let start = Instant::now();
@@ -236,9 +316,66 @@ impl Drop for Running {
     }
 }
 
+/// Sends a signal to a process that may just have exited (its parent has not reaped it
+/// or, under strace, it died of the injected fault): that is not an error.
+pub fn signal_if_alive(pid: i32, signal: i32) {
+    #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std")]
+    // SAFETY: kill has no memory-safety preconditions.
+    let result = unsafe { libc::kill(pid, signal) };
+    let error = std::io::Error::last_os_error();
+    assert!(
+        result == 0 || error.raw_os_error() == Some(libc::ESRCH),
+        "kill({pid}, {signal}) failed: {error}"
+    );
+}
+
 pub fn send_signal(pid: i32, signal: i32) {
     #[expect(unsafe_code, reason = "kill(2) has no safe wrapper in std")]
     // SAFETY: kill has no memory-safety preconditions.
     let result = unsafe { libc::kill(pid, signal) };
     assert_eq!(result, 0, "kill({pid}, {signal}) failed");
+}
+
+/// A per-record check of `sequence`'s output against `1..=N`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SequenceCheck {
+    /// Lines read.
+    pub records: u64,
+    /// Numbers of 1..=N that are missing.
+    pub lost: u64,
+    /// Lines that repeat a number already seen.
+    pub duplicated: u64,
+    /// Lines that are not the next number (including duplicates and garbage).
+    pub out_of_order: u64,
+}
+
+impl SequenceCheck {
+    pub fn of(text: &str, lines: u64) -> Self {
+        let mut check = SequenceCheck::default();
+        let mut seen = std::collections::HashSet::new();
+        let mut expected = 1;
+        for line in text.lines() {
+            check.records += 1;
+            let number: Option<u64> = line.parse().ok();
+            if number != Some(expected) {
+                check.out_of_order += 1;
+            }
+            if let Some(number) = number {
+                if !seen.insert(number) {
+                    check.duplicated += 1;
+                }
+                expected = number + 1;
+            }
+        }
+        check.lost = (1..=lines).filter(|n| !seen.contains(n)).count() as u64;
+        check
+    }
+
+    pub fn is_exact(&self, lines: u64) -> bool {
+        *self
+            == SequenceCheck {
+                records: lines,
+                ..SequenceCheck::default()
+            }
+    }
 }

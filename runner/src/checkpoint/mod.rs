@@ -1,16 +1,19 @@
 //! Checkpoint storage: where a job's committed state lives between runs.
 //!
-//! The host interface (`host::checkpoint`) talks to a [`Store`]; [`fs::LocalStore`] is
-//! the local-directory backend. A record is a versioned header and the job's opaque
-//! payload ([`format`]).
+//! The host interface (`host::checkpoint`) commits through a [`Store`], which a run
+//! owns alone: [`fs::LocalStore`] is the local-directory backend, owned under a lock and
+//! a fencing number. A record is a versioned header, the lengths of the output files,
+//! and the job's opaque payload ([`format`]); [`output`] keeps the transactional output
+//! directory in step with the records.
 
 pub mod format;
 pub mod fs;
+pub mod output;
 
 use std::fmt;
 use std::path::PathBuf;
 
-pub use format::Record;
+pub use format::{OutputLen, Record};
 
 /// The largest state a job may save, in bytes.
 ///
@@ -71,13 +74,30 @@ pub enum StoreError {
     /// it is the current record now, yet may not survive a crash.
     #[error("the new checkpoint is in place but may not survive a crash: {0}")]
     NotDurable(Box<StoreError>),
-    /// The stored record is not a valid checkpoint.
-    #[error("checkpoint `{path}` is unusable: {problem}")]
+    /// A stored file is not what the store wrote.
+    #[error("`{path}` is unusable: {problem}")]
     Corrupt {
         /// The file.
         path: PathBuf,
         /// What is wrong with it.
-        problem: format::FormatError,
+        problem: String,
+    },
+    /// The job has checkpoints, and none of them is usable.
+    #[error(
+        "no usable checkpoint for this job: {0}. Repair or remove the files, or pass \
+         --start-over to start from scratch (`runner state reset` removes the job's state)"
+    )]
+    NoUsableCheckpoint(String),
+    /// Another runner has taken ownership of the job since this one started.
+    #[error(
+        "another runner has taken this job over: this run's fencing number is {ours}, the \
+         newest is {newest}"
+    )]
+    Fenced {
+        /// This run's fencing number.
+        ours: u64,
+        /// What the store holds now (`none` if the job's state was removed).
+        newest: String,
     },
 }
 
@@ -95,16 +115,30 @@ impl StoreError {
     }
 }
 
-/// Durable storage for one job's checkpoints.
+/// What a run found in the store when it took ownership of the job.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    /// The newest usable record, if the job has one.
+    pub record: Option<Record>,
+    /// The output directory of the last run that owned the job, which may have died
+    /// before its first commit, leaving output that no record covers.
+    pub earlier_output: Option<String>,
+    /// What the user should know: a fallback to the previous generation, files removed.
+    pub notes: Vec<String>,
+}
+
+/// Durable storage for one job's checkpoints, owned by one run.
 ///
-/// Both methods block on I/O: call them off the async runtime's worker threads.
+/// `commit` blocks on I/O: call it off the async runtime's worker threads.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
-    /// The last committed record, if the job ever committed one.
-    fn load(&self) -> Result<Option<Record>, StoreError>;
+    /// This run's fencing number, written into every record it commits.
+    fn fence(&self) -> u64;
 
     /// Replaces the committed record with `record`. When it returns `Ok` the record is
     /// on stable storage. If it fails (other than with [`StoreError::NotDurable`]) or the
-    /// process dies during the call, the previous record is still the committed one.
+    /// process dies during the call, the previous record is still the committed one. A
+    /// run that is no longer the job's owner gets [`StoreError::Fenced`] and changes
+    /// nothing.
     fn commit(&self, record: &Record) -> Result<(), StoreError>;
 }
 

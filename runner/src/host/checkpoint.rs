@@ -1,22 +1,63 @@
 //! `runner:job/checkpoint`: loads come from memory (the record read before the job
-//! started, or the last one saved); saves commit to the [`Store`] off the runtime's
-//! threads, and return only once the record is durable.
+//! started, or the last one saved); saves commit the output directory and then the
+//! record to the [`Store`] on the run's checkpoint thread, and return only once both are
+//! durable.
 
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use tokio::sync::oneshot;
 
 use super::bindings::runner::job::checkpoint::{Error, Host};
+use crate::checkpoint::format::Digest;
+use crate::checkpoint::output::OutputDir;
 use crate::checkpoint::{MAX_STATE_LEN, Record, Store, StoreError};
+use crate::shutdown::Shutdown;
 
-/// The checkpoint host: the store and the last committed record.
+/// The checkpoint host: the checkpoint thread, and the last committed record.
 #[derive(Debug)]
 pub struct Checkpoints {
-    store: Arc<dyn Store>,
+    writer: mpsc::Sender<Commit>,
+    fence: u64,
+    module_digest: Digest,
+    shutdown: Arc<Shutdown>,
     committed: Option<Record>,
 }
 
+/// One commit for the checkpoint thread, and where its result goes.
+type Commit = (Record, oneshot::Sender<(Record, Result<(), StoreError>)>);
+
 impl Checkpoints {
-    pub(super) fn new(store: Arc<dyn Store>, committed: Option<Record>) -> Self {
-        Checkpoints { store, committed }
+    /// Starts the checkpoint thread. Commits run there, one at a time and in order, off
+    /// the runtime's threads (fsync blocks); one thread, so that the store's system
+    /// calls form one sequence (the crash tests count them).
+    pub(super) fn new(
+        store: Arc<dyn Store>,
+        output: Option<OutputDir>,
+        module_digest: Digest,
+        shutdown: Arc<Shutdown>,
+        committed: Option<Record>,
+    ) -> anyhow::Result<Self> {
+        let (writer, commits) = mpsc::channel::<Commit>();
+        let fence = store.fence();
+        std::thread::Builder::new()
+            .name("runner-checkpoint".into())
+            .spawn(move || {
+                for (mut record, done) in commits {
+                    let committed = commit(&*store, output.as_ref(), &mut record);
+                    // The job may have been stopped meanwhile: nobody waits any more.
+                    let _ = done.send((record, committed));
+                }
+            })
+            .context("cannot start the checkpoint thread")?;
+        Ok(Checkpoints {
+            writer,
+            fence,
+            module_digest,
+            shutdown,
+            committed,
+        })
     }
 }
 
@@ -30,18 +71,31 @@ impl Host for Checkpoints {
             return Ok(Err(Error::TooLarge(MAX_STATE_LEN)));
         }
         let record = Record {
-            sequence: self.committed.as_ref().map_or(1, |last| last.sequence + 1),
+            sequence: match &self.committed {
+                None => 1,
+                Some(last) => match last.sequence.checked_add(1) {
+                    Some(next) => next,
+                    None => return Ok(Err(Error::Io("the sequence numbers are exhausted".into()))),
+                },
+            },
+            fence: self.fence,
+            written_at_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64),
+            module_digest: self.module_digest,
+            output_dir: None,
+            outputs: Vec::new(),
             payload: state,
         };
-        let store = Arc::clone(&self.store);
-        // fsync blocks: keep it off the runtime's threads. If the run is stopped by
-        // force meanwhile, this future is dropped and the commit finishes or not on
-        // its own; either way the store holds a whole record.
-        let (record, committed) = tokio::task::spawn_blocking(move || {
-            let committed = store.commit(&record);
-            (record, committed)
-        })
-        .await?;
+        // If the run is stopped by force meanwhile, this future is dropped and the commit
+        // finishes or not on its own; either way the store holds a whole record.
+        let (done, result) = oneshot::channel();
+        self.writer
+            .send((record, done))
+            .map_err(|_| wasmtime::Error::msg("the checkpoint thread has stopped"))?;
+        let (record, committed) = result
+            .await
+            .map_err(|_| wasmtime::Error::msg("the checkpoint thread has stopped"))?;
         match committed {
             Ok(()) => {
                 self.committed = Some(record);
@@ -53,10 +107,29 @@ impl Host for Checkpoints {
                 say!("checkpoint saved but not durable: {error}");
                 Ok(Err(Error::Io(error.to_string())))
             }
+            Err(error @ StoreError::Fenced { .. }) => {
+                say!("checkpoint not saved: {error}");
+                self.shutdown.revoke();
+                Ok(Err(Error::Fenced))
+            }
             Err(error) => {
                 say!("checkpoint not saved: {error}");
                 Ok(Err(Error::Io(error.to_string())))
             }
         }
     }
+}
+
+/// Data before record: the output files first, so that the lengths a record promises
+/// are already durable when it is.
+fn commit(
+    store: &dyn Store,
+    output: Option<&OutputDir>,
+    record: &mut Record,
+) -> Result<(), StoreError> {
+    if let Some(output) = output {
+        record.output_dir = Some(output.key().to_owned());
+        record.outputs = output.sync()?;
+    }
+    store.commit(record)
 }

@@ -111,6 +111,7 @@ impl Host for LifecycleView<'_> {
                 StopReason::Interrupt => WitStopReason::Interrupt,
                 StopReason::Hangup => WitStopReason::Hangup,
                 StopReason::Timeout => WitStopReason::Timeout,
+                StopReason::Fenced => WitStopReason::Fenced,
             }))
     }
 }

@@ -15,6 +15,8 @@ pub use checkpoint::Checkpoints;
 pub use lifecycle::{Lifecycle, RunnerClock};
 pub use progress::Progress;
 
+use crate::checkpoint::format::Digest;
+use crate::checkpoint::output::OutputDir;
 use crate::checkpoint::{Record, Store};
 use crate::shutdown::Shutdown;
 
@@ -38,6 +40,19 @@ pub use bindings::JobPre;
 /// How a job's `run` ended when it returned.
 pub use bindings::Outcome as JobOutcome;
 
+/// Where and what a job saves.
+#[derive(Debug)]
+pub struct Saves {
+    /// The store the job owns.
+    pub store: Arc<dyn Store>,
+    /// The transactional output directory, if any.
+    pub output: Option<OutputDir>,
+    /// SHA-256 of the job's module, written into its records.
+    pub module_digest: Digest,
+    /// The last committed record.
+    pub committed: Option<Record>,
+}
+
 /// The data of a job's store.
 pub struct JobState {
     wasi: WasiCtx,
@@ -58,22 +73,26 @@ impl std::fmt::Debug for JobState {
 
 impl JobState {
     /// The state of a job that sees `wasi` (built with a [`RunnerClock`] started at
-    /// `clock_zero`), is stopped through `shutdown`, and commits to `store`, whose last
-    /// committed record is `committed`.
+    /// `clock_zero`) and is stopped through `shutdown`.
     pub fn new(
         wasi: WasiCtx,
         clock_zero: Instant,
         shutdown: Arc<Shutdown>,
-        store: Arc<dyn Store>,
-        committed: Option<Record>,
-    ) -> Self {
-        JobState {
+        saves: Saves,
+    ) -> anyhow::Result<Self> {
+        Ok(JobState {
             wasi,
             table: ResourceTable::new(),
-            lifecycle: Lifecycle::new(shutdown, clock_zero),
-            checkpoints: Checkpoints::new(store, committed),
+            lifecycle: Lifecycle::new(Arc::clone(&shutdown), clock_zero),
+            checkpoints: Checkpoints::new(
+                saves.store,
+                saves.output,
+                saves.module_digest,
+                shutdown,
+                saves.committed,
+            )?,
             progress: Progress::default(),
-        }
+        })
     }
 
     /// The job's latest progress report, as text.

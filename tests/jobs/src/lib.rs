@@ -119,6 +119,35 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
                 println!("{line}");
             }
         }
+        // Saves a small state, then on the request tries to save ARG bytes and prints
+        // what the save returned; a failed save makes the job give up with an error.
+        "save-on-stop" => {
+            ctx.state.note = "before".into();
+            ctx.checkpoint()?;
+            ready();
+            guest_sdk::wait_for_shutdown();
+            ctx.state.note = "x".repeat(arg.as_deref().unwrap_or("0").parse()?);
+            match ctx.checkpoint() {
+                Ok(()) => {
+                    println!("save: ok");
+                    Ok(Outcome::Suspended)
+                }
+                Err(error) => {
+                    println!("save: {error}");
+                    Err(anyhow!(error).context("the final save failed; giving up"))
+                }
+            }
+        }
+        // Saves every 20 ms until a save fails.
+        "save-every" => {
+            ctx.state.note = "saved by save-every".into();
+            ctx.checkpoint()?;
+            ready();
+            loop {
+                std::thread::sleep(Duration::from_millis(20));
+                ctx.checkpoint()?;
+            }
+        }
         "error" => Err(anyhow!("the disk is on fire").context("cannot write the report")),
         "trap" => panic!("the job panicked on purpose"),
         "exit" => guest_sdk::exit(arg.as_deref().unwrap_or("0").parse()?),

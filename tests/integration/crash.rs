@@ -1,0 +1,215 @@
+//! Crash consistency of the commit protocol, with faults injected into the real runner
+//! by strace: SIGKILL at each step of a commit, and saves that fail with a full disk, a
+//! read-only file system or a failing fsync.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use test_guests::TESTJOB;
+
+use crate::util::{Running, Sandbox, run};
+
+const LINES: u64 = 250;
+
+/// `strace` with a fault for `syscall` calls on `path` (the `when`-th one, counted per
+/// thread), running `runner`'s arguments. The runner's commits all run on one thread.
+fn strace(syscall: &str, path: Option<&Path>, when: u32, fault: &str, runner: &Command) -> Command {
+    let mut command = Command::new("strace");
+    command.args(["-f", "-qq", "-o", "/dev/null"]);
+    if let Some(path) = path {
+        command.arg("-P").arg(path);
+    }
+    command
+        .arg("-e")
+        .arg(format!("trace={syscall}"))
+        .arg("-e")
+        .arg(format!("inject={syscall}:{fault}:when={when}"))
+        .arg(runner.get_program())
+        .args(runner.get_args());
+    for (name, value) in runner.get_envs() {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    command
+}
+
+/// Kills the run with the fault; then the store must hold the old or the new state, in
+/// agreement with the output, and a resumed run must finish with exact output.
+fn kill_then_resume(sandbox: &Sandbox, syscall: &str, path: Option<&Path>, when: u32) -> bool {
+    let killed = run(&mut strace(
+        syscall,
+        path,
+        when,
+        "signal=KILL",
+        &sandbox.sequence(LINES),
+    ));
+    if killed.status.success() {
+        return false;
+    }
+    assert_eq!(
+        killed.status.signal(),
+        Some(libc::SIGKILL),
+        "{syscall} {path:?} #{when}: not killed: {killed:?}"
+    );
+    sandbox.assert_sequence_consistent();
+    let resumed = run(&mut sandbox.sequence(LINES));
+    resumed.assert_code(0);
+    let check = sandbox.check_sequence_output(LINES);
+    assert!(
+        check.is_exact(LINES),
+        "{syscall} {path:?} #{when}: {check:?}\n{}",
+        resumed.stderr
+    );
+    true
+}
+
+#[test]
+fn a_kill_at_each_step_of_a_commit_leaves_the_old_or_the_new_state() {
+    // Each step of the second commit (the first with an older state to keep), named.
+    let steps: [(&str, &str, u32); 7] = [
+        ("output fsync (file)", "out/out.txt", 2),
+        ("output fsync (directory)", "out", 2),
+        ("write", "state/sequence/.tmp.checkpoint.1.2", 1),
+        ("fsync", "state/sequence/.tmp.checkpoint.1.2", 1),
+        ("rename to checkpoint.prev", "state/sequence/checkpoint", 1),
+        ("rename into place", "state/sequence/.tmp.checkpoint.1.2", 1),
+        ("directory fsync", "state/sequence", 2),
+    ];
+    for (step, path, when) in steps {
+        let sandbox = Sandbox::new();
+        let syscall = match step {
+            "write" => "write",
+            "rename to checkpoint.prev" => "rename",
+            "rename into place" => "renameat",
+            _ => "fsync",
+        };
+        let path = sandbox.path().join(path);
+        assert!(
+            kill_then_resume(&sandbox, syscall, Some(&path), when),
+            "the run never reached the step `{step}`"
+        );
+    }
+
+    // Then every fsync and rename of whole runs, in order, wherever it falls.
+    let mut kills = 0;
+    for syscall in ["fsync", "rename", "renameat"] {
+        for when in 1.. {
+            let sandbox = Sandbox::new();
+            if !kill_then_resume(&sandbox, syscall, None, when) {
+                break;
+            }
+            kills += 1;
+        }
+    }
+    // 3 commits of 4 fsyncs and up to 2 renames each, and the fencing number's write.
+    assert!(kills >= 15, "only {kills} kill points");
+}
+
+/// Runs `testjob save-on-stop BYTES` on a state directory that is a tmpfs of `size` in
+/// a private mount namespace, stops it, and returns the script's output: the job's
+/// lines, its exit code, then `runner state show`. With `read_only`, the tmpfs is made
+/// read-only before the stop.
+fn save_on_a_small_file_system(size: &str, bytes: u64, read_only: bool) -> String {
+    let sandbox = Sandbox::new();
+    let state = sandbox.state_dir();
+    std::fs::create_dir_all(&state).expect("state dir");
+    let script = r#"
+        set -e
+        mount -t tmpfs -o size="$SIZE" tmpfs "$STATE"
+        "$RUNNER" --state-dir "$STATE" "$TESTJOB" save-on-stop "$BYTES" > "$OUT" 2> "$ERR" &
+        pid=$!
+        until grep -q ready "$OUT"; do sleep 0.01; done
+        # A read-only mount over the state directory: the runner's open files stay on
+        # the writable one below, every new lookup of the path gets the read-only one.
+        if [ "$READ_ONLY" = 1 ]; then
+            mount --bind "$STATE" "$STATE"
+            mount -o remount,bind,ro "$STATE"
+        fi
+        kill -TERM $pid
+        set +e
+        wait $pid
+        echo "exit=$?"
+        cat "$OUT"
+        "$RUNNER" state show testjob --state-dir "$STATE"
+    "#;
+    let finished = run(Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("SIZE", size)
+        .env("STATE", &state)
+        .env("RUNNER", env!("CARGO_BIN_EXE_runner"))
+        .env("TESTJOB", TESTJOB)
+        .env("BYTES", bytes.to_string())
+        .env("OUT", sandbox.path().join("out"))
+        .env("ERR", sandbox.path().join("err"))
+        .env("READ_ONLY", if read_only { "1" } else { "0" }));
+    finished.assert_code(0);
+    let stderr = std::fs::read_to_string(sandbox.path().join("err")).unwrap_or_default();
+    format!("{}\n--- runner stderr\n{stderr}", finished.stdout)
+}
+
+/// What every failed save must leave: the job saw `io` with the cause and gave up (its
+/// choice), and the state saved before is the committed one.
+fn assert_failed_save_kept_the_state(report: &str, cause: &str) {
+    assert!(report.contains("exit=1"), "{report}");
+    assert!(
+        report.contains("save: checkpoint not saved: ") && report.contains(cause),
+        "no `{cause}` in:\n{report}"
+    );
+    assert!(report.contains("checkpoint: 1\n"), "{report}");
+    assert!(
+        report.contains(&format!(
+            "state: {} bytes",
+            r#"{"note":"before","runs":1}"#.len()
+        )),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_save_on_a_full_disk_returns_io_and_keeps_the_state() {
+    let report = save_on_a_small_file_system("256k", 1 << 20, false);
+    assert_failed_save_kept_the_state(&report, "No space left on device");
+}
+
+#[test]
+fn a_save_on_a_read_only_state_dir_returns_io_and_keeps_the_state() {
+    let report = save_on_a_small_file_system("16m", 100, true);
+    assert_failed_save_kept_the_state(&report, "Read-only file system");
+}
+
+#[test]
+fn a_save_whose_fsync_fails_returns_io_and_keeps_the_state() {
+    let sandbox = Sandbox::new();
+    let temp = sandbox.job_dir("testjob").join(".tmp.checkpoint.1.2");
+    let running = Running::start(
+        &mut strace(
+            "fsync",
+            Some(&temp),
+            1,
+            "error=EIO",
+            sandbox.runner().args([TESTJOB, "save-on-stop", "100"]),
+        ),
+        Stdio::null(),
+    );
+    running.wait_for_line("ready");
+    crate::util::send_signal(running.traced_pid(), libc::SIGTERM);
+    let finished = running.wait();
+    finished.assert_code(1);
+    assert!(
+        finished
+            .stdout
+            .contains("save: checkpoint not saved: cannot fsync")
+            && finished.stdout.contains("Input/output error"),
+        "{finished:?}"
+    );
+    let record = sandbox.checkpoint("testjob").expect("checkpoint");
+    assert_eq!(record.sequence, 1);
+    assert_eq!(
+        String::from_utf8_lossy(&record.payload),
+        r#"{"note":"before","runs":1}"#
+    );
+    assert!(!temp.exists(), "the failed commit's file was left behind");
+}
