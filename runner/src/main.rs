@@ -8,6 +8,16 @@ use runner::shutdown::Shutdown;
 use runner::{Outcome, signals};
 
 fn main() -> ExitCode {
+    // Before anything else, even the runtime: a stop signal from now on waits for its
+    // handler instead of killing the runner.
+    let held = match signals::hold() {
+        Ok(held) => held,
+        Err(error) => {
+            return report(Outcome::Failed(anyhow::anyhow!(
+                "cannot block signals until their handlers exist: {error}"
+            )));
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -20,7 +30,10 @@ fn main() -> ExitCode {
         }
     };
     // Handlers before anything else: as PID 1, a signal with no handler is dropped.
-    let signals = match runtime.block_on(async { signals::install() }) {
+    let installed = runtime
+        .block_on(async { signals::install() })
+        .and_then(|signals| held.release().map(|()| signals));
+    let signals = match installed {
         Ok(signals) => signals,
         Err(error) => {
             return report(Outcome::Failed(anyhow::anyhow!(

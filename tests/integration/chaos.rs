@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use test_guests::PRIMES;
 
-use crate::util::{Running, SIGTERM, Sandbox, run, signal_if_alive};
+use crate::util::{Running, SIGTERM, Sandbox, run, signal_if_alive, wait_until};
 
 fn interruptions() -> u32 {
     std::env::var("CHAOS_INTERRUPTIONS")
@@ -47,6 +47,22 @@ impl Tally {
     fn interruptions(&self) -> u32 {
         self.term + self.kill + self.kill_in_commit
     }
+}
+
+/// Whether the process blocks or catches SIGTERM (or is gone): from `/proc/PID/status`.
+fn takes_sigterm(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let bit = 1 << (SIGTERM - 1);
+    (mask("SigBlk:") | mask("SigCgt:")) & bit != 0
 }
 
 /// Runs `command` once and interrupts it at random; returns whether the job completed.
@@ -91,13 +107,21 @@ fn interrupted_run(
     }
     let running = Running::start(&mut command, Stdio::null());
     let runner_pid = if kind == 2 {
-        running.traced_pid()
+        running.child_pid()
     } else {
         running.pid()
     };
     let delay = rng.random_range(Duration::ZERO..max_delay);
     let start = Instant::now();
     let mut running = running;
+    if kind == 0 {
+        // Between exec and the first line of `main` no process can handle a signal:
+        // SIGTERM goes once the runner blocks or catches it, as any real sender's would
+        // after the container started.
+        wait_until("the runner to take SIGTERM", || {
+            takes_sigterm(runner_pid).then_some(())
+        });
+    }
     while start.elapsed() < delay && running.child.try_wait().expect("wait").is_none() {
         thread::sleep(Duration::from_millis(2));
     }

@@ -36,9 +36,16 @@ fn strace(syscall: &str, path: Option<&Path>, when: u32, fault: &str, runner: &C
     command
 }
 
-/// Kills the run with the fault; then the store must hold the old or the new state, in
-/// agreement with the output, and a resumed run must finish with exact output.
-fn kill_then_resume(sandbox: &Sandbox, syscall: &str, path: Option<&Path>, when: u32) -> bool {
+/// Kills the run with the fault; then the store must hold a whole record (the one
+/// numbered `expected`, if given) in agreement with the output, and a resumed run must
+/// finish with exact output.
+fn kill_then_resume(
+    sandbox: &Sandbox,
+    syscall: &str,
+    path: Option<&Path>,
+    when: u32,
+    expected: Option<u64>,
+) -> bool {
     let killed = run(&mut strace(
         syscall,
         path,
@@ -55,6 +62,14 @@ fn kill_then_resume(sandbox: &Sandbox, syscall: &str, path: Option<&Path>, when:
         "{syscall} {path:?} #{when}: not killed: {killed:?}"
     );
     sandbox.assert_sequence_consistent();
+    if let Some(expected) = expected {
+        let loaded = sandbox.checkpoint("sequence").map(|record| record.sequence);
+        assert_eq!(
+            loaded,
+            Some(expected),
+            "{syscall} {path:?} #{when}: the store holds the wrong generation"
+        );
+    }
     let resumed = run(&mut sandbox.sequence(LINES));
     resumed.assert_code(0);
     let check = sandbox.check_sequence_output(LINES);
@@ -68,17 +83,29 @@ fn kill_then_resume(sandbox: &Sandbox, syscall: &str, path: Option<&Path>, when:
 
 #[test]
 fn a_kill_at_each_step_of_a_commit_leaves_the_old_or_the_new_state() {
-    // Each step of the second commit (the first with an older state to keep), named.
-    let steps: [(&str, &str, u32); 7] = [
-        ("output fsync (file)", "out/out.txt", 2),
-        ("output fsync (directory)", "out", 2),
-        ("write", "state/sequence/.tmp.checkpoint.1.2", 1),
-        ("fsync", "state/sequence/.tmp.checkpoint.1.2", 1),
-        ("rename to checkpoint.prev", "state/sequence/checkpoint", 1),
-        ("rename into place", "state/sequence/.tmp.checkpoint.1.2", 1),
-        ("directory fsync", "state/sequence", 2),
+    // Each step of the second commit (the first with an older state to keep), named,
+    // with the record a crash there must leave: the old one (1) until the new one is
+    // renamed into place, then the new one (2).
+    let steps: [(&str, &str, u32, u64); 7] = [
+        ("output fsync (file)", "out/out.txt", 2, 1),
+        ("output fsync (directory)", "out", 2, 1),
+        ("write", "state/sequence/.tmp.checkpoint.1.2", 1, 1),
+        ("fsync", "state/sequence/.tmp.checkpoint.1.2", 1, 1),
+        (
+            "rename to checkpoint.prev",
+            "state/sequence/checkpoint",
+            1,
+            1,
+        ),
+        (
+            "rename into place",
+            "state/sequence/.tmp.checkpoint.1.2",
+            1,
+            1,
+        ),
+        ("directory fsync", "state/sequence", 2, 2),
     ];
-    for (step, path, when) in steps {
+    for (step, path, when, expected) in steps {
         let sandbox = Sandbox::new();
         let syscall = match step {
             "write" => "write",
@@ -88,7 +115,7 @@ fn a_kill_at_each_step_of_a_commit_leaves_the_old_or_the_new_state() {
         };
         let path = sandbox.path().join(path);
         assert!(
-            kill_then_resume(&sandbox, syscall, Some(&path), when),
+            kill_then_resume(&sandbox, syscall, Some(&path), when, Some(expected)),
             "the run never reached the step `{step}`"
         );
     }
@@ -98,7 +125,7 @@ fn a_kill_at_each_step_of_a_commit_leaves_the_old_or_the_new_state() {
     for syscall in ["fsync", "rename", "renameat"] {
         for when in 1.. {
             let sandbox = Sandbox::new();
-            if !kill_then_resume(&sandbox, syscall, None, when) {
+            if !kill_then_resume(&sandbox, syscall, None, when, None) {
                 break;
             }
             kills += 1;
@@ -195,7 +222,7 @@ fn a_save_whose_fsync_fails_returns_io_and_keeps_the_state() {
         Stdio::null(),
     );
     running.wait_for_line("ready");
-    crate::util::send_signal(running.traced_pid(), libc::SIGTERM);
+    crate::util::send_signal(running.child_pid(), libc::SIGTERM);
     let finished = running.wait();
     finished.assert_code(1);
     assert!(

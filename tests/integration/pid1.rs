@@ -3,7 +3,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::util::{Running, SIGTERM, Sandbox, send_signal, wait_until};
+use crate::util::{Running, SIGTERM, Sandbox, send_signal};
 use test_guests::TESTJOB;
 
 #[test]
@@ -21,15 +21,7 @@ fn as_pid_1_in_a_pid_namespace_sigterm_suspends_the_job() {
     unshare.wait_for_line("ready");
 
     // unshare forks the runner into the namespace: find it, and check it is PID 1 there.
-    let children = format!("/proc/{}/task/{0}/children", unshare.pid());
-    let runner: i32 = wait_until("the runner process", || {
-        std::fs::read_to_string(&children)
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    });
+    let runner = unshare.child_pid();
     let status = std::fs::read_to_string(format!("/proc/{runner}/status")).expect("status");
     let nspid = status
         .lines()

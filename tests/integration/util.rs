@@ -267,11 +267,12 @@ impl Running {
         send_signal(self.pid(), signal);
     }
 
-    /// For a process started under `strace`: the pid of the traced runner, its only
-    /// child. Signals go to it, not to strace (which would detach and leave it running).
-    pub fn traced_pid(&self) -> i32 {
+    /// For a runner started under `strace` or `unshare`: the pid of the runner, the
+    /// wrapper's only child. Signals go to it (strace, signalled, would detach and leave
+    /// the runner running).
+    pub fn child_pid(&self) -> i32 {
         let children = format!("/proc/{0}/task/{0}/children", self.pid());
-        wait_until("strace to start the runner", || {
+        wait_until("the wrapped runner process", || {
             std::fs::read_to_string(&children)
                 .ok()?
                 .split_whitespace()

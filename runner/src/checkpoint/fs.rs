@@ -19,7 +19,11 @@
 //! above any seen before; every commit first checks that `fence` still holds its number.
 //! The lock keeps two runners apart; the fence stops a runner whose lock did not (a lock
 //! file removed under it, a shared file system that does not honour flock) from
-//! overwriting its successor's state.
+//! overwriting its successor's state. The fence covers commits from the moment the new
+//! owner's number is durable; a stale commit that lands between the new owner reading
+//! the records and writing its number is superseded by the new owner's first commit, and
+//! a check-then-rename window of microseconds remains in each commit. Only the lock keeps
+//! two runners from writing one output directory at the same time.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Read, Write};
