@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use test_guests::PRIMES;
 
-use crate::util::{Running, SIGTERM, Sandbox, run, signal_if_alive, wait_until};
+use crate::util::{Running, SIGTERM, Sandbox, run, signal_if_alive, takes_sigterm, wait_until};
 
 fn interruptions() -> u32 {
     std::env::var("CHAOS_INTERRUPTIONS")
@@ -47,22 +47,6 @@ impl Tally {
     fn interruptions(&self) -> u32 {
         self.term + self.kill + self.kill_in_commit
     }
-}
-
-/// Whether the process blocks or catches SIGTERM (or is gone): from `/proc/PID/status`.
-fn takes_sigterm(pid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return true;
-    };
-    let mask = |field: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(field))
-            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-            .unwrap_or(0)
-    };
-    let bit = 1 << (SIGTERM - 1);
-    (mask("SigBlk:") | mask("SigCgt:")) & bit != 0
 }
 
 /// Runs `command` once and interrupts it at random; returns whether the job completed.

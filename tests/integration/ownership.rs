@@ -99,3 +99,32 @@ fn a_runner_that_lost_the_job_is_fenced_and_stopped() {
         r#"{"note":"suspended after wait","runs":2}"#
     );
 }
+
+#[test]
+fn a_stop_while_waiting_for_the_lock_ends_the_wait_without_running_the_job() {
+    let sandbox = Sandbox::new();
+    let owner = Running::start(sandbox.runner().args([TESTJOB, "wait"]), Stdio::null());
+    owner.wait_for_line("ready");
+    let waiting = Running::start(
+        sandbox
+            .runner()
+            .args(["--lock-timeout", "10m", TESTJOB, "show"]),
+        Stdio::null(),
+    );
+    // Whenever the stop comes before the lock is free (and the owner keeps it), the
+    // job must not start.
+    crate::util::wait_until("the second runner to take SIGTERM", || {
+        crate::util::takes_sigterm(waiting.pid()).then_some(())
+    });
+    waiting.signal(SIGTERM);
+    let waited = waiting.wait();
+    waited.assert_code(75);
+    assert!(
+        waited.stderr.contains("not starting the job"),
+        "{}",
+        waited.stderr
+    );
+    assert!(waited.stdout.is_empty(), "the job ran: {}", waited.stdout);
+    owner.signal(SIGTERM);
+    owner.wait().assert_code(75);
+}

@@ -264,3 +264,22 @@ fn timeout_asks_then_forces_and_exits_124() {
         done.stdout
     );
 }
+
+#[test]
+fn sigterm_at_the_first_moment_it_can_be_taken_is_a_request_not_a_death() {
+    let sandbox = Sandbox::new();
+    let running = start(&sandbox, &[], "wait", Stdio::null());
+    // As soon as the runner blocks SIGTERM (the first line of `main`), long before its
+    // handlers exist or the job is compiled.
+    wait_until("the runner to take SIGTERM", || {
+        crate::util::takes_sigterm(running.pid()).then_some(())
+    });
+    running.signal(SIGTERM);
+    let finished = running.wait();
+    finished.assert_code(75);
+    assert!(
+        finished.stderr.contains("received SIGTERM"),
+        "{}",
+        finished.stderr
+    );
+}

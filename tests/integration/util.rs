@@ -380,3 +380,19 @@ impl SequenceCheck {
             }
     }
 }
+
+/// Whether the process blocks or catches SIGTERM (or is gone): from `/proc/PID/status`.
+pub fn takes_sigterm(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return true;
+    };
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let bit = 1 << (SIGTERM - 1);
+    (mask("SigBlk:") | mask("SigCgt:")) & bit != 0
+}
