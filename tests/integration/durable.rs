@@ -35,11 +35,7 @@ fn sequence_output_is_exactly_once_across_kills_and_stops() {
     running.signal(SIGTERM);
     let stopped = running.wait();
     stopped.assert_code(75);
-    assert!(
-        stopped.stderr.contains("undid what the job wrote"),
-        "{}",
-        stopped.stderr
-    );
+    stopped.assert_stderr("undid what the job wrote");
     sandbox.assert_sequence_consistent();
 
     run(&mut sandbox.sequence(LINES)).assert_code(0);
@@ -103,7 +99,7 @@ fn no_usable_checkpoint_refuses_to_start_until_asked_to_start_over() {
     let fresh = run(sandbox.runner().args(["--start-over", TESTJOB, "show"]));
     fresh.assert_code(0);
     assert!(fresh.stdout.contains("note= runs=0"), "{}", fresh.stdout);
-    assert!(fresh.stderr.contains("starting over"), "{}", fresh.stderr);
+    fresh.assert_stderr("starting over");
 }
 
 #[test]
@@ -144,11 +140,7 @@ fn an_output_directory_with_unrecorded_files_is_refused() {
     fs::write(sandbox.output_dir().join("precious.txt"), "keep me").expect("write");
     let refused = run(&mut sandbox.sequence(10));
     refused.assert_code(2);
-    assert!(
-        refused.stderr.contains("already holds files"),
-        "{}",
-        refused.stderr
-    );
+    refused.assert_stderr("already holds files");
     assert_eq!(
         fs::read_to_string(sandbox.output_dir().join("precious.txt")).expect("kept"),
         "keep me"
@@ -185,11 +177,7 @@ fn a_checkpoint_tracks_its_output_directory() {
     );
     let without = run(sandbox.runner().args([test_guests::SEQUENCE, "600"]));
     without.assert_code(2);
-    assert!(
-        without.stderr.contains("pass --output"),
-        "{}",
-        without.stderr
-    );
+    without.assert_stderr("pass --output");
     sandbox.assert_sequence_consistent();
 
     // Inside the state directory: refused.
@@ -199,7 +187,7 @@ fn a_checkpoint_tracks_its_output_directory() {
         .arg(sandbox.state_dir().join("out"))
         .args(["--job-id", "other", test_guests::SEQUENCE, "600"]));
     inside.assert_code(2);
-    assert!(inside.stderr.contains("overlap"), "{}", inside.stderr);
+    inside.assert_stderr("overlap");
 
     // Starting over empties the directory and writes it all again, once.
     let fresh = run(sandbox
@@ -266,5 +254,5 @@ fn state_show_and_reset() {
         .args(["state", "show", "sequence", "--state-dir"])
         .arg(&state_dir));
     gone.assert_code(2);
-    assert!(gone.stderr.contains("has no state"), "{}", gone.stderr);
+    gone.assert_stderr("has no state");
 }

@@ -95,7 +95,7 @@ fn an_unusable_state_dir_is_an_error_before_the_job_starts() {
         .args([TESTJOB, "args"]));
     done.assert_code(2);
     assert!(done.stdout.is_empty(), "the job ran: {}", done.stdout);
-    assert!(done.stderr.contains("a-file"), "{}", done.stderr);
+    done.assert_stderr("a-file");
     assert_eq!(done.stderr.lines().count(), 1, "{}", done.stderr);
 }
 
@@ -113,11 +113,7 @@ fn a_corrupt_checkpoint_is_refused_and_left_as_it_was() {
     let done = run(sandbox.runner().args([TESTJOB, "show"]));
     done.assert_code(2);
     assert!(done.stdout.is_empty(), "the job ran: {}", done.stdout);
-    assert!(
-        done.stderr.contains(&*checkpoint.to_string_lossy()),
-        "{}",
-        done.stderr
-    );
+    done.assert_stderr(&checkpoint.to_string_lossy());
     assert_eq!(
         fs::read(&checkpoint).expect("still there"),
         b"RUNRCKPT\x01\0\x28\0 this is not a valid record"

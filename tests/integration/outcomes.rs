@@ -29,22 +29,14 @@ fn a_job_that_traps_exits_134_with_the_trap_and_wasm_backtrace() {
     let sandbox = Sandbox::new();
     let done = run(sandbox.runner().args([TESTJOB, "trap"]));
     done.assert_code(134);
-    assert!(
-        done.stderr.contains("the job panicked on purpose"),
-        "{}",
-        done.stderr
-    );
+    done.assert_stderr("the job panicked on purpose");
     assert!(
         done.stderr
             .contains("runner: job trapped: wasm trap: wasm `unreachable`"),
         "{}",
         done.stderr
     );
-    assert!(
-        done.stderr.contains("testjob.wasm!testjob::run"),
-        "{}",
-        done.stderr
-    );
+    done.assert_stderr("testjob.wasm!testjob::run");
 }
 
 #[test]

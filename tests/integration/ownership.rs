@@ -81,13 +81,9 @@ fn a_runner_that_lost_the_job_is_fenced_and_stopped() {
     // The old runner's next save is refused, and its job stopped at once.
     let old = old.wait();
     old.assert_code(69);
-    assert!(
-        old.stderr.contains(
-            "checkpoint not saved: another runner has taken this job over: this run's \
-             fencing number is 1, the newest is 2"
-        ),
-        "{}",
-        old.stderr
+    old.assert_stderr(
+        "checkpoint not saved: another runner has taken this job over: this run's \
+             fencing number is 1, the newest is 2",
     );
 
     new.signal(SIGTERM);
@@ -119,11 +115,7 @@ fn a_stop_while_waiting_for_the_lock_ends_the_wait_without_running_the_job() {
     waiting.signal(SIGTERM);
     let waited = waiting.wait();
     waited.assert_code(75);
-    assert!(
-        waited.stderr.contains("not starting the job"),
-        "{}",
-        waited.stderr
-    );
+    waited.assert_stderr("not starting the job");
     assert!(waited.stdout.is_empty(), "the job ran: {}", waited.stdout);
     owner.signal(SIGTERM);
     owner.wait().assert_code(75);

@@ -57,7 +57,7 @@ fn run_with_stops(
         if stop > 0 {
             // This run resumed where the previous one stopped; it did not start over.
             let resumed_from = format!("resuming job `{job_id}` from checkpoint {last}");
-            assert!(done.stderr.contains(&resumed_from), "{}", done.stderr);
+            done.assert_stderr(&resumed_from);
         }
         last = suspended.sequence;
     }
@@ -99,13 +99,9 @@ fn primes_resumes_from_the_exact_position_it_saved() {
     let done = run(sandbox.runner().args(args));
     done.assert_code(0);
     let count = state_field(&saved.payload, "count");
-    assert!(
-        done.stderr.contains(&format!(
-            "primes: resuming at {next} with {count} primes found"
-        )),
-        "{}",
-        done.stderr
-    );
+    done.assert_stderr(&format!(
+        "primes: resuming at {next} with {count} primes found"
+    ));
 }
 
 /// Deterministic text: `lines` lines of ten words from a 500-word vocabulary.

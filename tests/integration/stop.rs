@@ -36,7 +36,7 @@ fn the_request_reaches_a_job_blocked_on_the_pollable_and_it_suspends() {
         assert!((1..=60_000).contains(&left_ms), "{seen}");
         let done = running.wait();
         done.assert_code(75);
-        assert!(done.stderr.contains("job suspended"), "{}", done.stderr);
+        done.assert_stderr("job suspended");
         let record = sandbox.checkpoint("testjob").expect("a checkpoint");
         assert!(
             String::from_utf8_lossy(&record.payload).contains("suspended after wait"),
@@ -251,7 +251,7 @@ fn timeout_asks_then_forces_and_exits_124() {
         "{:?}",
         started.elapsed()
     );
-    assert!(done.stderr.contains("--timeout ran out"), "{}", done.stderr);
+    done.assert_stderr("--timeout ran out");
 
     // A job that honours the request suspends instead: 75.
     let done = run(sandbox
@@ -277,9 +277,5 @@ fn sigterm_at_the_first_moment_it_can_be_taken_is_a_request_not_a_death() {
     running.signal(SIGTERM);
     let finished = running.wait();
     finished.assert_code(75);
-    assert!(
-        finished.stderr.contains("received SIGTERM"),
-        "{}",
-        finished.stderr
-    );
+    finished.assert_stderr("received SIGTERM");
 }

@@ -174,6 +174,16 @@ impl Finished {
             .unwrap_or_else(|| panic!("runner died of a signal: {self:?}"))
     }
 
+    /// Asserts that stderr contains `needle`, showing stderr when it does not.
+    pub fn assert_stderr(&self, needle: &str) -> &Self {
+        assert!(
+            self.stderr.contains(needle),
+            "no `{needle}` on stderr:\n{}",
+            self.stderr
+        );
+        self
+    }
+
     /// Asserts the exit code, showing the output when it is not the expected one.
     pub fn assert_code(&self, expected: i32) -> &Self {
         assert_eq!(
