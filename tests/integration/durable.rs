@@ -98,7 +98,7 @@ fn no_usable_checkpoint_refuses_to_start_until_asked_to_start_over() {
 
     let fresh = run(sandbox.runner().args(["--start-over", TESTJOB, "show"]));
     fresh.assert_code(0);
-    assert!(fresh.stdout.contains("note= runs=0"), "{}", fresh.stdout);
+    fresh.assert_stdout("note= runs=0");
     fresh.assert_stderr("starting over");
 }
 
@@ -119,11 +119,7 @@ fn a_checkpoint_written_by_another_module_is_loaded_and_the_change_noted() {
     fs::write(dir.join("checkpoint"), record.encode()).expect("write record");
     let finished = run(sandbox.runner().args([TESTJOB, "show"]));
     finished.assert_code(0);
-    assert!(
-        finished.stdout.contains("note=from the old version runs=3"),
-        "{}",
-        finished.stdout
-    );
+    finished.assert_stdout("note=from the old version runs=3");
     assert!(
         finished
             .stderr

@@ -34,11 +34,7 @@ fn a_replacement_waits_for_the_terminating_runner_then_resumes_its_state() {
         new.stderr
     );
     // It saw the state the old runner saved while it waited, not an older one.
-    assert!(
-        new.stdout.contains("note=suspended slowly runs=1"),
-        "{}",
-        new.stdout
-    );
+    new.assert_stdout("note=suspended slowly runs=1");
 }
 
 #[test]

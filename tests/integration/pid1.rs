@@ -37,9 +37,5 @@ fn as_pid_1_in_a_pid_namespace_sigterm_suspends_the_job() {
     let done = unshare.wait();
     // unshare exits with its child's status.
     done.assert_code(75);
-    assert!(
-        done.stdout.contains("reason=Some(Terminate)"),
-        "{}",
-        done.stdout
-    );
+    done.assert_stdout("reason=Some(Terminate)");
 }

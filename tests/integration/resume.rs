@@ -5,24 +5,8 @@ use std::fs;
 use std::path::Path;
 use std::process::Stdio;
 
-use crate::util::{Running, SIGTERM, Sandbox, run};
+use crate::util::{Running, SIGTERM, Sandbox, run, state_field};
 use test_guests::{PRIMES, WORDCOUNT};
-
-/// A field of the JSON state the SDK saves, such as `"next":1230000`.
-fn state_field(payload: &[u8], field: &str) -> u64 {
-    let text = String::from_utf8_lossy(payload);
-    let key = format!("\"{field}\":");
-    let start = text
-        .find(&key)
-        .unwrap_or_else(|| panic!("no {field} in {text}"))
-        + key.len();
-    text[start..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect::<String>()
-        .parse()
-        .unwrap_or_else(|_| panic!("{field} is not a number in {text}"))
-}
 
 /// Runs `args` as job `job_id`, stopping it with SIGTERM after each of `stops` new
 /// checkpoints, then lets it finish. Returns the finishing run's stdout.

@@ -258,11 +258,7 @@ fn timeout_asks_then_forces_and_exits_124() {
         .runner()
         .args(["--timeout", "500ms", TESTJOB, "wait"]));
     done.assert_code(75);
-    assert!(
-        done.stdout.contains("reason=Some(Timeout)"),
-        "{}",
-        done.stdout
-    );
+    done.assert_stdout("reason=Some(Timeout)");
 }
 
 #[test]

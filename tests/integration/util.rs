@@ -90,9 +90,7 @@ impl Sandbox {
         let Some(record) = self.checkpoint("sequence") else {
             return 0;
         };
-        let state: serde_json::Value =
-            serde_json::from_slice(&record.payload).expect("sequence state is JSON");
-        let written = state["written"].as_u64().expect("written");
+        let written = state_field(&record.payload, "written");
         let expected_len: u64 = (1..=written).map(|n| n.to_string().len() as u64 + 1).sum();
         let recorded = record
             .outputs
@@ -174,13 +172,15 @@ impl Finished {
             .unwrap_or_else(|| panic!("runner died of a signal: {self:?}"))
     }
 
+    /// Asserts that stdout contains `needle`, showing stdout when it does not.
+    pub fn assert_stdout(&self, needle: &str) -> &Self {
+        assert_contains("stdout", &self.stdout, needle);
+        self
+    }
+
     /// Asserts that stderr contains `needle`, showing stderr when it does not.
     pub fn assert_stderr(&self, needle: &str) -> &Self {
-        assert!(
-            self.stderr.contains(needle),
-            "no `{needle}` on stderr:\n{}",
-            self.stderr
-        );
+        assert_contains("stderr", &self.stderr, needle);
         self
     }
 
@@ -195,6 +195,10 @@ impl Finished {
         );
         self
     }
+}
+
+fn assert_contains(stream: &str, text: &str, needle: &str) {
+    assert!(text.contains(needle), "no `{needle}` on {stream}:\n{text}");
 }
 
 /// Runs a command to completion, with stdin closed.
@@ -405,4 +409,13 @@ pub fn takes_sigterm(pid: i32) -> bool {
     };
     let bit = 1 << (SIGTERM - 1);
     (mask("SigBlk:") | mask("SigCgt:")) & bit != 0
+}
+
+/// A whole-number field of the JSON state the SDK saves.
+pub fn state_field(payload: &[u8], field: &str) -> u64 {
+    let state: serde_json::Value = serde_json::from_slice(payload)
+        .unwrap_or_else(|error| panic!("the state is not JSON ({error}): {payload:?}"));
+    state[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no whole number {field} in {state}"))
 }
