@@ -16,6 +16,20 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("test-jobs", "command.wasm", "COMMAND"),
 ];
 
+/// (Python job, component file name, constant name)
+const PYTHON_GUESTS: &[(&str, &str, &str)] = &[
+    (
+        "examples/python-wordcount/wordcount.py",
+        "python-wordcount.wasm",
+        "PYTHON_WORDCOUNT",
+    ),
+    (
+        "tests/jobs/python/testjob.py",
+        "python-testjob.wasm",
+        "PYTHON_TESTJOB",
+    ),
+];
+
 fn main() {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
@@ -83,7 +97,39 @@ fn main() {
             path.display().to_string()
         ));
     }
+    for (job, file, name) in PYTHON_GUESTS {
+        let path = out_dir.join(file);
+        build_python_job(&workspace, &workspace.join(job), &path);
+        constants.push_str(&format!(
+            "/// The path of `{job}` built into a component for this test build.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
     std::fs::write(out_dir.join("guests.rs"), constants).expect("write guests.rs");
+}
+
+/// Builds a Python job with the SDK's build script, with the componentize-py that
+/// `tests/prerequisites.sh` installs into `.venv`.
+fn build_python_job(workspace: &Path, job: &Path, output: &Path) {
+    let python = workspace.join(".venv/bin/python");
+    println!("cargo:rerun-if-changed={}", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run `sh tests/prerequisites.sh`, which installs componentize-py there",
+        python.display()
+    );
+    let status = Command::new(&python)
+        .arg(workspace.join("guest-sdk/python/build_job.py"))
+        .arg(job)
+        .arg("-o")
+        .arg(output)
+        .status()
+        .expect("cannot run guest-sdk/python/build_job.py");
+    assert!(
+        status.success(),
+        "building {} failed: {status}",
+        job.display()
+    );
 }
 
 fn check_target_installed() {

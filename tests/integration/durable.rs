@@ -114,7 +114,7 @@ fn a_checkpoint_written_by_another_module_is_loaded_and_the_change_noted() {
         module_digest: [7; 32],
         output_dir: None,
         outputs: Vec::new(),
-        payload: br#"{"note":"from the old version","runs":3}"#.to_vec(),
+        payload: br#"{"state":{"note":"from the old version","runs":3},"batches":[]}"#.to_vec(),
     };
     fs::write(dir.join("checkpoint"), record.encode()).expect("write record");
     let finished = run(sandbox.runner().args([TESTJOB, "show"]));

@@ -9,5 +9,6 @@ mod outcomes;
 mod ownership;
 mod pid1;
 mod resume;
+mod sdk;
 mod stop;
 mod util;

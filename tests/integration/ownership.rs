@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use test_guests::TESTJOB;
 
-use crate::util::{Running, SIGTERM, Sandbox, run};
+use crate::util::{Running, SIGTERM, Sandbox, run, sdk_state};
 
 #[test]
 fn a_replacement_waits_for_the_terminating_runner_then_resumes_its_state() {
@@ -87,7 +87,7 @@ fn a_runner_that_lost_the_job_is_fenced_and_stopped() {
     let record = sandbox.checkpoint("testjob").expect("checkpoint");
     assert_eq!(record.fence, 2, "{record:?}");
     assert_eq!(
-        String::from_utf8_lossy(&record.payload),
+        sdk_state(&record.payload),
         r#"{"note":"suspended after wait","runs":2}"#
     );
 }

@@ -2,20 +2,30 @@
 //! interrupted, and a resumed run continues from its checkpoint instead of restarting.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::util::{Running, SIGTERM, Sandbox, run, state_field};
 use test_guests::{PRIMES, WORDCOUNT};
 
+/// Where a job is in its work: the whole numbers at these JSON pointers of its saved
+/// state, compared in order.
+pub fn position(payload: &[u8], pointers: &[&str]) -> Vec<u64> {
+    pointers
+        .iter()
+        .map(|pointer| state_field(payload, pointer))
+        .collect()
+}
+
 /// Runs `args` as job `job_id`, stopping it with SIGTERM after each of `stops` new
-/// checkpoints, then lets it finish. Returns the finishing run's stdout.
-fn run_with_stops(
+/// checkpoints, then lets it finish. Returns the finishing run's stdout. `place` are
+/// the JSON pointers of the job's place in its work, which must never go back.
+pub fn run_with_stops(
     sandbox: &Sandbox,
     job_id: &str,
     args: &[&str],
     stops: usize,
-    position: &str,
+    place: &[&str],
 ) -> String {
     let mut last = 0;
     for stop in 0..stops {
@@ -35,7 +45,7 @@ fn run_with_stops(
             "suspending saved no checkpoint"
         );
         assert!(
-            state_field(&suspended.payload, position) >= state_field(&saved.payload, position),
+            position(&suspended.payload, place) >= position(&saved.payload, place),
             "the state went backwards"
         );
         if stop > 0 {
@@ -64,7 +74,7 @@ fn primes_interrupted_again_and_again_prints_what_an_uninterrupted_run_prints() 
     whole.assert_code(0);
     assert_eq!(whole.stdout, "primes below 30000000: 1857859\n");
 
-    let split = run_with_stops(&sandbox, "split", &args, 3, "next");
+    let split = run_with_stops(&sandbox, "split", &args, 3, &["/batches/0"]);
     assert_eq!(split, whole.stdout);
 }
 
@@ -77,15 +87,14 @@ fn primes_resumes_from_the_exact_position_it_saved() {
     running.signal(SIGTERM);
     running.wait().assert_code(75);
     let saved = sandbox.checkpoint("primes").expect("checkpoint");
-    let next = state_field(&saved.payload, "next");
+    let next = state_field(&saved.payload, "/batches/0");
     assert!(next > 0 && next < 30_000_000, "next={next}");
 
+    // The resumed batch's first progress report is the place it saved.
     let done = run(sandbox.runner().args(args));
     done.assert_code(0);
-    let count = state_field(&saved.payload, "count");
-    done.assert_stderr(&format!(
-        "primes: resuming at {next} with {count} primes found"
-    ));
+    let percent = next as f64 * 100.0 / 30_000_000.0;
+    done.assert_stderr(&format!("progress {next}/30000000 ({percent:.1}%)"));
 }
 
 /// Deterministic text: `lines` lines of ten words from a 500-word vocabulary.
@@ -107,30 +116,57 @@ fn write_text(path: &Path, seed: u64, lines: usize) {
     fs::write(path, text).expect("write input");
 }
 
+/// Three files of `lines` lines each (about 50 bytes a line) under `input/`, two of them
+/// beside each other and one nested.
+pub fn big_input(sandbox: &Sandbox, lines: usize) -> PathBuf {
+    let input = sandbox.path().join("input");
+    fs::create_dir_all(input.join("nested")).expect("mkdir");
+    write_text(&input.join("a.txt"), 1, lines);
+    write_text(&input.join("b.txt"), 2, lines);
+    write_text(&input.join("nested/c.txt"), 3, lines);
+    input
+}
+
 #[test]
 fn wordcount_resumes_by_file_and_offset_with_the_same_result() {
     let sandbox = Sandbox::new();
-    let input = sandbox.path().join("input");
-    fs::create_dir_all(input.join("nested")).expect("mkdir");
-    // About 45 MB: several seconds of counting, so that each stop (one second of work
-    // or more) leaves work for the next run.
-    write_text(&input.join("a.txt"), 1, 300_000);
-    write_text(&input.join("b.txt"), 2, 300_000);
-    write_text(&input.join("nested/c.txt"), 3, 300_000);
-    let dir = format!("{}::/input", input.display());
-    let args = ["--dir", &dir, WORDCOUNT, "/input", "5"];
+    // About 90 MB: about four seconds of counting on our machines, so that each stop
+    // (the job saves every second) leaves work for the next run.
+    let input = big_input(&sandbox, 600_000);
+    let output = wordcount_stopped_twice(
+        &sandbox,
+        WORDCOUNT,
+        &input,
+        "18000000 words, 500 distinct, in 3 files",
+    );
+    assert_eq!(output.lines().count(), 6, "{output}");
+}
 
+/// Runs `job` (a wordcount, Rust or Python) on `input` uninterrupted, then again stopped
+/// twice and resumed; checks that both runs print the same, starting with `first_line`,
+/// and returns what they print.
+pub fn wordcount_stopped_twice(
+    sandbox: &Sandbox,
+    job: &str,
+    input: &Path,
+    first_line: &str,
+) -> String {
+    let dir = format!("{}::/input", input.display());
+    let args = ["--dir", &dir, job, "/input", "5"];
     let whole = run(sandbox.runner().args(["--job-id", "whole"]).args(args));
     whole.assert_code(0);
     assert!(
-        whole
-            .stdout
-            .starts_with("9000000 words, 500 distinct, in 3 files\n"),
+        whole.stdout.starts_with(&format!("{first_line}\n")),
         "{}",
         whole.stdout
     );
-    assert_eq!(whole.stdout.lines().count(), 6, "{}", whole.stdout);
-
-    let split = run_with_stops(&sandbox, "split", &args, 2, "done_bytes");
+    let split = run_with_stops(
+        sandbox,
+        "split",
+        &args,
+        2,
+        &["/batches/0/file", "/batches/0/offset"],
+    );
     assert_eq!(split, whole.stdout);
+    split
 }

@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    PATIENCE, Running, SIGHUP, SIGINT, SIGTERM, Sandbox, run, send_signal, wait_until,
+    PATIENCE, Running, SIGHUP, SIGINT, SIGTERM, Sandbox, run, sdk_state, send_signal, wait_until,
 };
 use test_guests::TESTJOB;
 
@@ -64,7 +64,7 @@ fn assert_forced_at_deadline(mode: &str, stdin: Stdio) {
         .checkpoint("testjob")
         .expect("the job saved before blocking");
     assert_eq!(
-        String::from_utf8_lossy(&before.payload),
+        sdk_state(&before.payload),
         format!(r#"{{"note":"saved before {mode}","runs":1}}"#)
     );
     let signalled = Instant::now();
@@ -233,7 +233,7 @@ fn a_job_stuck_in_a_call_that_cannot_be_cancelled_is_left_behind_after_the_deadl
     assert_eq!(
         sandbox
             .checkpoint("testjob")
-            .map(|record| String::from_utf8_lossy(&record.payload).into_owned()),
+            .map(|record| sdk_state(&record.payload)),
         Some(r#"{"note":"saved before flooding","runs":1}"#.to_owned())
     );
 }

@@ -90,7 +90,8 @@ impl Sandbox {
         let Some(record) = self.checkpoint("sequence") else {
             return 0;
         };
-        let written = state_field(&record.payload, "written");
+        // The batch's place is the next line to write.
+        let written = state_field(&record.payload, "/batches/0") - 1;
         let expected_len: u64 = (1..=written).map(|n| n.to_string().len() as u64 + 1).sum();
         let recorded = record
             .outputs
@@ -411,11 +412,24 @@ pub fn takes_sigterm(pid: i32) -> bool {
     (mask("SigBlk:") | mask("SigCgt:")) & bit != 0
 }
 
-/// A whole-number field of the JSON state the SDK saves.
-pub fn state_field(payload: &[u8], field: &str) -> u64 {
-    let state: serde_json::Value = serde_json::from_slice(payload)
+/// A whole number in the JSON the SDK saves, `{"state": ..., "batches": [...]}`, at
+/// the JSON pointer `pointer` (such as `/state/count` or `/batches/0`).
+/// The job's own state in a payload the Rust SDK saved (`{"state": ..., "batches": ...}`),
+/// as compact JSON.
+pub fn sdk_state(payload: &[u8]) -> String {
+    let saved: serde_json::Value = serde_json::from_slice(payload)
         .unwrap_or_else(|error| panic!("the state is not JSON ({error}): {payload:?}"));
-    state[field]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no whole number {field} in {state}"))
+    saved
+        .get("state")
+        .unwrap_or_else(|| panic!("no `state` in {saved}"))
+        .to_string()
+}
+
+pub fn state_field(payload: &[u8], pointer: &str) -> u64 {
+    let saved: serde_json::Value = serde_json::from_slice(payload)
+        .unwrap_or_else(|error| panic!("the state is not JSON ({error}): {payload:?}"));
+    saved
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or_else(|| panic!("no whole number at {pointer} in {saved}"))
 }

@@ -3,15 +3,18 @@
 
 use std::hint::black_box;
 use std::io::{Read, Write};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guest_sdk::{Ctx, Outcome, Result, anyhow::anyhow};
+use serde::{Deserialize, Serialize};
 
-#[derive(Default, guest_sdk::serde::Serialize, guest_sdk::serde::Deserialize)]
-#[serde(crate = "guest_sdk::serde")]
+#[derive(Default, Serialize, Deserialize)]
 struct State {
     note: String,
     runs: u32,
+    /// The sums of `two-batches`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    sums: Vec<u64>,
 }
 
 fn ready() {
@@ -27,7 +30,11 @@ fn unix_nanos() -> u128 {
 
 /// What the job saw when the stop request reached it.
 fn report_stop(how: &str) {
-    let left = guest_sdk::time_left().map_or(-1, |left| left.as_millis() as i64);
+    let left = guest_sdk::deadline().map_or(-1, |deadline| {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .as_millis() as i64
+    });
     println!(
         "stop seen by {how} at unix_ns={} reason={:?} time_left_ms={left}",
         unix_nanos(),
@@ -42,15 +49,19 @@ fn spin() -> ! {
     }
 }
 
+#[guest_sdk::job]
 fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().unwrap_or_default();
     let arg = args.next();
-    ctx.state.runs += 1;
+    let arg2 = args.next();
+    ctx.state().runs += 1;
     match mode.as_str() {
         // Prints the state it loaded, then completes.
         "show" => {
-            println!("note={} runs={}", ctx.state.note, ctx.state.runs - 1);
+            let state = ctx.state();
+            println!("note={} runs={}", state.note, state.runs - 1);
+            drop(state);
             Ok(Outcome::Completed)
         }
         // Blocks on the shutdown pollable, then saves and suspends.
@@ -58,7 +69,7 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             ready();
             guest_sdk::wait_for_shutdown();
             report_stop("pollable");
-            ctx.state.note = "suspended after wait".into();
+            ctx.state().note = "suspended after wait".into();
             ctx.suspend()
         }
         // Sees the request on the pollable, then ignores it: sleeps an hour, or spins.
@@ -78,7 +89,7 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             guest_sdk::wait_for_shutdown();
             report_stop("pollable");
             std::thread::sleep(Duration::from_secs(2));
-            ctx.state.note = "suspended slowly".into();
+            ctx.state().note = "suspended slowly".into();
             ctx.suspend()
         }
         // Computes, checking the flag, then saves and suspends.
@@ -89,13 +100,13 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
                 x = black_box(x.wrapping_add(1));
             }
             report_stop("flag");
-            ctx.state.note = "suspended after flag".into();
+            ctx.state().note = "suspended after flag".into();
             ctx.suspend()
         }
         // Commit a checkpoint, then compute forever, sleep an hour, or read stdin to its
         // end, without looking at the request.
         "spin" | "sleep" | "stdin" => {
-            ctx.state.note = format!("saved before {mode}");
+            ctx.state().note = format!("saved before {mode}");
             ctx.checkpoint()?;
             ready();
             match mode.as_str() {
@@ -112,7 +123,7 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
         // Commits a checkpoint, then writes to stdout without end (the test does not
         // read it, so the job blocks in a write), ignoring the request.
         "flood" => {
-            ctx.state.note = "saved before flooding".into();
+            ctx.state().note = "saved before flooding".into();
             ctx.checkpoint()?;
             let line = "x".repeat(1023);
             loop {
@@ -122,11 +133,11 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
         // Saves a small state, then on the request tries to save ARG bytes and prints
         // what the save returned; a failed save makes the job give up with an error.
         "save-on-stop" => {
-            ctx.state.note = "before".into();
+            ctx.state().note = "before".into();
             ctx.checkpoint()?;
             ready();
             guest_sdk::wait_for_shutdown();
-            ctx.state.note = "x".repeat(arg.as_deref().unwrap_or("0").parse()?);
+            ctx.state().note = "x".repeat(arg.as_deref().unwrap_or("0").parse()?);
             match ctx.checkpoint() {
                 Ok(()) => {
                     println!("save: ok");
@@ -140,13 +151,45 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
         }
         // Saves every 20 ms until a save fails.
         "save-every" => {
-            ctx.state.note = "saved by save-every".into();
+            ctx.state().note = "saved by save-every".into();
             ctx.checkpoint()?;
             ready();
             loop {
                 std::thread::sleep(Duration::from_millis(20));
                 ctx.checkpoint()?;
             }
+        }
+        // Sums 0..ARG twice, in two batches one after the other, saving every 100 ms;
+        // before each batch it suspends if asked to stop. With `wait` as a third
+        // argument it first waits for the request, so that it suspends before either
+        // batch runs.
+        "two-batches" => {
+            let n: u64 = arg.as_deref().unwrap_or("0").parse()?;
+            ctx.state().sums.resize(2, 0);
+            ready();
+            if arg2.as_deref() == Some("wait") {
+                guest_sdk::wait_for_shutdown();
+            }
+            for part in 0..2 {
+                if ctx.should_stop() {
+                    return ctx.suspend();
+                }
+                for i in ctx.batch(0..n).save_every(Duration::from_millis(100)) {
+                    ctx.state().sums[part] += i?;
+                }
+            }
+            println!("sums {:?}", ctx.state().sums);
+            Ok(Outcome::Completed)
+        }
+        // Walks 0..ARG dropping the batch's errors, `Stopped` among them (which job code
+        // should never do), then returns `Completed`.
+        "swallow" => {
+            let n: u64 = arg.as_deref().unwrap_or("0").parse()?;
+            ready();
+            for i in ctx.batch(0..n).flatten() {
+                ctx.state().runs = black_box(i as u32);
+            }
+            Ok(Outcome::Completed)
         }
         "error" => Err(anyhow!("the disk is on fire").context("cannot write the report")),
         "trap" => panic!("the job panicked on purpose"),
@@ -164,5 +207,3 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
         other => Err(anyhow!("unknown mode `{other}`")),
     }
 }
-
-guest_sdk::job!(run);

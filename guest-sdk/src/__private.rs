@@ -1,0 +1,69 @@
+//! What `#[guest_sdk::job]` expands to needs; not part of the API.
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "runner:job/job",
+    pub_export_macro: true,
+    generate_all,
+});
+
+use crate::checkpoint::Stopped;
+use crate::context::{Ctx, State};
+
+/// What the exported `run` returns.
+pub type RunResult = Result<Outcome, String>;
+
+/// What a job function may return: `Result<guest_sdk::Outcome, E>` where `E` is an
+/// `anyhow::Error` or any `std::error::Error + Send + Sync + 'static`.
+#[diagnostic::on_unimplemented(
+    message = "a job function returns `Result<guest_sdk::Outcome, E>`, not `{Self}`",
+    label = "this should be `guest_sdk::Result<guest_sdk::Outcome>`",
+    note = "E is an `anyhow::Error` or any `std::error::Error + Send + Sync + 'static`"
+)]
+pub trait JobResult {
+    /// The WIT result: an error as its message followed by its causes.
+    fn into_run_result(self) -> RunResult;
+}
+
+impl<E> JobResult for Result<crate::Outcome, E>
+where
+    E: Into<anyhow::Error>,
+{
+    fn into_run_result(self) -> RunResult {
+        match self {
+            Ok(crate::Outcome::Completed) => Ok(Outcome::Completed),
+            Ok(crate::Outcome::Suspended) => Ok(Outcome::Suspended),
+            Err(error) => {
+                let error: anyhow::Error = error.into();
+                // A batch saved the state before it ended the run with `Stopped`, which
+                // the job may have wrapped in errors of its own.
+                if error.chain().any(|cause| cause.is::<Stopped>()) {
+                    Ok(Outcome::Suspended)
+                } else {
+                    Err(format!("{error:#}"))
+                }
+            }
+        }
+    }
+}
+
+/// Loads the state and runs the job function with it.
+pub fn run_job<S, R>(job: impl FnOnce(&mut Ctx<S>) -> R) -> RunResult
+where
+    S: State,
+    R: JobResult,
+{
+    let mut ctx = Ctx::load().map_err(|error| format!("{error:#}"))?;
+    let result = job(&mut ctx).into_run_result();
+    if matches!(result, Ok(Outcome::Completed)) && ctx.stopped() {
+        // A loop that dropped the batch's `Stopped` (`.flatten()`, `let Ok(..) else`)
+        // ended early: the work is not done, and the state saved with the batch's place
+        // is where the next run must go on.
+        eprintln!(
+            "guest-sdk: the job returned `Completed` after a batch stopped on the runner's \
+             request: the run ends as suspended"
+        );
+        return Ok(Outcome::Suspended);
+    }
+    result
+}

@@ -1,0 +1,8 @@
+use guest_sdk::{Ctx, Outcome, Result};
+
+#[guest_sdk::job(fast)]
+fn run(_ctx: &mut Ctx) -> Result<Outcome> {
+    Ok(Outcome::Completed)
+}
+
+fn main() {}

@@ -1,0 +1,50 @@
+"""The Python job the integration tests run: `testjob.wasm MODE [ARG...]`. Its modes
+mirror those of the Rust test job where the tests run both."""
+
+import sys
+
+import runner_job
+
+
+def ready():
+    print("ready", flush=True)
+
+
+@runner_job.job
+def run(ctx):
+    mode, args = sys.argv[1], sys.argv[2:]
+    if mode == "two-batches":
+        # Sums range(N) twice, in two batches one after the other, saving every 100 ms;
+        # before each batch it suspends if asked to stop. With `wait` it first waits
+        # for the request, so that it suspends before either batch runs.
+        n = int(args[0])
+        ctx.state.setdefault("sums", [0, 0])
+        ready()
+        if args[1:] == ["wait"]:
+            runner_job.wait_for_shutdown()
+        for part in range(2):
+            if ctx.should_stop():
+                return ctx.suspend()
+            for i in ctx.batch(range(n), save_every=0.1):
+                ctx.state["sums"][part] += i
+        print(f"sums [{ctx.state['sums'][0]}, {ctx.state['sums'][1]}]")
+    elif mode == "exit":
+        # `sys.exit(ARG)`, with ARG a number or a message.
+        sys.exit(int(args[0]) if args[0].lstrip("-").isdigit() else args[0])
+    elif mode == "save":
+        # Saves a state given as a Python expression, and prints what it saved.
+        ctx.state = eval(args[0])
+        ctx.checkpoint()
+        print(f"saved {ctx.state!r}")
+    elif mode == "swallow":
+        # Walks range(N) swallowing the batch's Stopped (which job code should never do),
+        # then returns COMPLETED.
+        ready()
+        try:
+            for i in ctx.batch(range(int(args[0]))):
+                ctx.state["last"] = i
+        except BaseException:
+            pass
+        return runner_job.COMPLETED
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
