@@ -469,6 +469,14 @@ pub struct Lines {
 }
 
 /// A place in [`Lines`]: the file (its index in the list) and the byte offset in it.
+///
+/// ```no_run
+/// use guest_sdk::{Lines, LinesCursor, Source};
+///
+/// let mut lines = Lines::new(["/data/a.txt", "/data/b.txt"]);
+/// lines.seek(LinesCursor { file: 1, offset: 0 })?; // the start of b.txt
+/// # Ok::<(), guest_sdk::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LinesCursor {
     /// Index of the file in the list given to [`Lines::new`].
@@ -627,6 +635,17 @@ pub fn records<I: IntoIterator>(items: I) -> Records<I::IntoIter> {
 }
 
 /// The items of an iterator; see [`records`].
+///
+/// ```no_run
+/// # use guest_sdk::{Ctx, Outcome, Result};
+/// # fn job(ctx: &mut Ctx<u64>) -> Result<Outcome> {
+/// let names = ["alpha", "beta", "gamma"];
+/// let records: guest_sdk::Records<_> = guest_sdk::records(names);
+/// for name in ctx.batch(records) {
+///     *ctx.state() += name?.len() as u64;
+/// }
+/// # Ok(Outcome::Completed) }
+/// ```
 #[derive(Debug)]
 pub struct Records<I> {
     items: I,

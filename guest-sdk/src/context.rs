@@ -12,7 +12,20 @@ use crate::batch::{Batch, IntoSource};
 use crate::checkpoint::{CheckpointError, load_bytes, save_bytes};
 use crate::{Error, Outcome, Result, control};
 
-/// What a job's state must be: saved as JSON, and `Default` on a first run.
+/// What a job's state must be: saved as JSON, and `Default` on a first run. Every type
+/// that is `Serialize + Deserialize + Default` is one.
+///
+/// ```no_run
+/// use std::collections::BTreeMap;
+///
+/// #[derive(Default, serde::Serialize, serde::Deserialize)]
+/// struct Tally {
+///     counts: BTreeMap<String, u64>,
+/// }
+///
+/// fn is_state<S: guest_sdk::State>() {}
+/// is_state::<Tally>();
+/// ```
 pub trait State: Serialize + DeserializeOwned + Default {}
 
 impl<S: Serialize + DeserializeOwned + Default> State for S {}

@@ -44,7 +44,7 @@ mod control;
 pub use anyhow::{self, Error, Result};
 pub use batch::{Batch, IntoSource, Lines, LinesCursor, Numbers, Records, Source, lines, records};
 pub use checkpoint::{CheckpointError, Stopped, load_bytes, save_bytes};
-pub use context::Ctx;
+pub use context::{Ctx, State};
 pub use control::{
     StopReason, deadline, exit, report_progress, shutdown_requested, sleep, stop_reason,
     wait_for_shutdown, wait_until,
