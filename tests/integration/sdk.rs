@@ -10,7 +10,7 @@ use runner::checkpoint::Record;
 use test_guests::{PYTHON_TESTJOB, PYTHON_WORDCOUNT, TESTJOB, WORDCOUNT};
 
 use crate::resume::{big_input, wordcount_stopped_twice};
-use crate::util::{Running, SIGTERM, Sandbox, run, state_field};
+use crate::util::{Running, SIGTERM, Sandbox, run, sdk_state, state_field};
 
 /// A few small files with text that a naive word splitter gets wrong: punctuation,
 /// underscores, digits, CRLF, a last line without a newline, bytes that are not UTF-8,
@@ -308,5 +308,26 @@ fn python_state_that_would_not_load_back_the_same_is_not_saved() {
     assert_eq!(
         String::from_utf8_lossy(&record.payload),
         r#"{"state":{"counts":{"a":[1,2.5]}},"batches":[]}"#
+    );
+}
+
+#[test]
+fn a_rust_state_that_would_not_load_back_is_not_saved() {
+    let sandbox = Sandbox::new();
+    let done = run(sandbox.runner().args([TESTJOB, "save-nan"]));
+    done.assert_code(0);
+    assert!(
+        done.stdout.starts_with(
+            "save: checkpoint state is not JSON that decodes back into its type: invalid \
+             type: null, expected f64"
+        ),
+        "{}",
+        done.stdout
+    );
+    let record = sandbox.checkpoint("testjob").expect("checkpoint");
+    assert_eq!(
+        sdk_state(&record.payload),
+        r#"{"note":"before","runs":1}"#,
+        "the state saved before is still the committed one"
     );
 }

@@ -15,6 +15,13 @@ struct State {
     /// The sums of `two-batches`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     sums: Vec<u64>,
+    /// Set by `save-nan`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    ratio: f64,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 fn ready() {
@@ -188,6 +195,18 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             ready();
             for i in ctx.batch(0..n).flatten() {
                 ctx.state().runs = black_box(i as u32);
+            }
+            Ok(Outcome::Completed)
+        }
+        // Saves, then tries to save a NaN (which JSON cannot hold) and prints what the
+        // save returned.
+        "save-nan" => {
+            ctx.state().note = "before".into();
+            ctx.checkpoint()?;
+            ctx.state().ratio = f64::NAN;
+            match ctx.checkpoint() {
+                Ok(()) => println!("save: ok"),
+                Err(error) => println!("save: {:#}", anyhow!(error)),
             }
             Ok(Outcome::Completed)
         }
