@@ -23,7 +23,7 @@ use crate::outcome::EXIT_CODES;
 #[command(
     name = "runner",
     version,
-    override_usage = "runner [OPTIONS] JOB.wasm [ARGS]...\n       runner state show|reset JOB_ID",
+    override_usage = "runner [OPTIONS] JOB.wasm [ARGS]...\n       runner compile JOB.wasm -o JOB.cwasm\n       runner state show|reset JOB_ID",
     after_help = EXIT_CODES,
     max_term_width = 100,
     args_conflicts_with_subcommands = true,
@@ -45,6 +45,23 @@ pub enum Command {
     /// Show or remove a job's committed state.
     #[command(subcommand)]
     State(StateCommand),
+    /// Compile a job ahead of time, to bake it into a container image: `runner
+    /// JOB.cwasm` then starts it without compiling. A compiled job only loads in a
+    /// runner of the same version and build; another one exits 2 and says so. Its
+    /// checkpoints are those of its .wasm.
+    Compile(CompileArgs),
+}
+
+/// `runner compile`.
+#[derive(Debug, clap::Args)]
+pub struct CompileArgs {
+    /// The job to compile (a component of the runner:job/job world).
+    #[arg(value_name = "JOB.wasm")]
+    pub job: PathBuf,
+
+    /// Where to write the compiled job.
+    #[arg(short, long, value_name = "JOB.cwasm")]
+    pub output: PathBuf,
 }
 
 /// `runner state ...`.
@@ -126,6 +143,16 @@ pub struct RunArgs {
           value_parser = parse_duration)]
     pub lock_timeout: Duration,
 
+    /// Where compiled jobs are cached, so that only the first run of a job compiles it.
+    /// Default: $RUNNER_CACHE_DIR, else $XDG_CACHE_HOME/runner, else ~/.cache/runner.
+    /// A damaged or outdated entry is ignored and replaced.
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Do not use the compiled-job cache: compile the job on every run.
+    #[arg(long, conflicts_with = "cache_dir")]
+    pub no_cache: bool,
+
     /// Start from scratch: remove the job's checkpoints (and, with --output, the output
     /// files) instead of resuming. Needed to run a job whose checkpoints are all unusable;
     /// the runner never starts over on its own.
@@ -194,6 +221,8 @@ pub struct RunConfig {
     pub lock_timeout: Duration,
     /// Whether to discard the job's checkpoints.
     pub start_over: bool,
+    /// Where compiled jobs are cached; `None`: no cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -253,6 +282,11 @@ impl RunArgs {
             output: self.output,
             lock_timeout: self.lock_timeout,
             start_over: self.start_over,
+            cache_dir: if self.no_cache {
+                None
+            } else {
+                self.cache_dir.or_else(default_cache_dir)
+            },
         })
     }
 }
@@ -276,6 +310,16 @@ fn default_state_dir() -> Result<PathBuf> {
         return Ok(PathBuf::from(home).join(".local/state/runner"));
     }
     bail!("no state directory: pass --state-dir or set RUNNER_STATE_DIR")
+}
+
+/// $RUNNER_CACHE_DIR, else $XDG_CACHE_HOME/runner, else ~/.cache/runner; `None` (no
+/// cache) when none of them is set.
+fn default_cache_dir() -> Option<PathBuf> {
+    let non_empty = |name| env::var_os(name).filter(|value| !value.is_empty());
+    non_empty("RUNNER_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| non_empty("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("runner")))
+        .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".cache/runner")))
 }
 
 /// Parses `500ms`, `25s`, `2m`, `1h30m`.

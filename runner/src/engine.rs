@@ -9,6 +9,7 @@ use wasmtime::{Config, Engine};
 
 use sha2::{Digest as _, Sha256};
 
+use crate::artifact::{self, Cache};
 use crate::checkpoint::format::Digest;
 use crate::host::{self, JobPre, JobState};
 
@@ -39,23 +40,12 @@ impl std::fmt::Debug for LoadedJob {
     }
 }
 
-/// Reads, compiles and links the job at `path`, checking that it is a component of the
-/// `runner:job/job` world. Every error names the file and says what is wrong with it.
-pub fn load_job(engine: &Engine, path: &Path) -> Result<LoadedJob> {
+/// Reads, compiles (or takes from `cache`) and links the job at `path`, checking that
+/// it is a component of the `runner:job/job` world. Every error names the file and says
+/// what is wrong with it.
+pub fn load_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<LoadedJob> {
+    let (component, digest) = compile_job(engine, path, cache)?;
     let shown = path.display();
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read job `{shown}`"))?;
-    match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => bail!(
-            "job `{shown}` is a core WebAssembly module, not a component: build it for \
-             wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
-        ),
-        Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
-        _ => {
-            bail!("job `{shown}` is not a WebAssembly component (it does not start with `\\0asm`)")
-        }
-    }
-    let component = Component::new(engine, &bytes)
-        .map_err(|error| anyhow!("job `{shown}` is not a valid component: {error:#}"))?;
     check_world(engine, &component).with_context(|| format!("job `{shown}` cannot run"))?;
 
     let mut linker = Linker::new(engine);
@@ -66,10 +56,54 @@ pub fn load_job(engine: &Engine, path: &Path) -> Result<LoadedJob> {
     let pre = JobPre::new(instance_pre).map_err(|error| {
         anyhow!("job `{shown}` does not match the runner:job/job world: {error:#}")
     })?;
-    Ok(LoadedJob {
-        pre,
-        digest: Sha256::digest(&bytes).into(),
-    })
+    Ok(LoadedJob { pre, digest })
+}
+
+/// `runner compile JOB -o OUTPUT`: compiles the job at `job`, checks that the runner can
+/// run it, and writes it to `output` as a compiled job that `runner OUTPUT` loads
+/// without compiling.
+pub fn compile_to_file(job: &Path, output: &Path) -> Result<usize> {
+    let engine = new_engine()?;
+    let (component, digest) = compile_job(&engine, job, None)?;
+    load_job(&engine, job, None)?;
+    let record = artifact::encode(&digest, &component)?;
+    artifact::write_atomically(output, &record)?;
+    Ok(record.len())
+}
+
+/// The job at `path` compiled, and the SHA-256 of its `.wasm`: loaded from a compiled
+/// job (`runner compile`), from `cache`, or compiled now (and then cached).
+fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(Component, Digest)> {
+    let shown = path.display();
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read job `{shown}`"))?;
+    if artifact::is_compiled(&bytes) {
+        return artifact::decode(engine, &bytes).map_err(|error| {
+            anyhow!(
+                "job `{shown}` is a compiled job this runner cannot load: {error:#}; compile \
+                 it again from its .wasm with this runner (`runner compile`)"
+            )
+        });
+    }
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => bail!(
+            "job `{shown}` is a core WebAssembly module, not a component: build it for \
+             wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+        ),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
+        _ => {
+            bail!("job `{shown}` is not a WebAssembly component (it does not start with `\\0asm`)")
+        }
+    }
+    let digest: Digest = Sha256::digest(&bytes).into();
+    if let Some(component) = cache.and_then(|cache| cache.get(engine, &digest)) {
+        return Ok((component, digest));
+    }
+    let component = Component::new(engine, &bytes)
+        .map_err(|error| anyhow!("job `{shown}` is not a valid component: {error:#}"))?;
+    if let Some(cache) = cache {
+        cache.put(engine, &digest, &component);
+    }
+    Ok((component, digest))
 }
 
 /// A readable error for a component of another world, before the linker's generic one.

@@ -15,6 +15,7 @@ macro_rules! say {
     };
 }
 
+pub mod artifact;
 pub mod checkpoint;
 pub mod cli;
 pub mod engine;
@@ -74,7 +75,8 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
     // second Ctrl-C must not wait for cranelift).
     let compile = tokio::task::spawn_blocking({
         let (engine, path) = (engine.clone(), config.job.clone());
-        move || engine::load_job(&engine, &path)
+        let cache = config.cache_dir.clone().map(artifact::Cache::new);
+        move || engine::load_job(&engine, &path, cache.as_ref())
     });
     let lock = match lock_job(&job_dir, &config, &shutdown).await? {
         Ok(lock) => lock,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use runner::cli::{Cli, Command, StateCommand};
+use runner::cli::{Cli, Command, CompileArgs, StateCommand};
 use runner::shutdown::Shutdown;
 use runner::{Outcome, signals};
 
@@ -49,8 +49,10 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
         }
     };
-    if let Some(Command::State(command)) = cli.command {
-        return state_command(command);
+    match cli.command {
+        Some(Command::State(command)) => return state_command(command),
+        Some(Command::Compile(args)) => return compile_command(&args),
+        None => {}
     }
     let outcome = match cli.run.validate() {
         Ok(config) => {
@@ -84,6 +86,20 @@ fn state_command(command: StateCommand) -> ExitCode {
             Ok(owned) => report(Outcome::Locked(owned.0)),
             Err(error) => report(Outcome::Failed(error)),
         },
+    }
+}
+
+fn compile_command(args: &CompileArgs) -> ExitCode {
+    match runner::engine::compile_to_file(&args.job, &args.output) {
+        Ok(bytes) => {
+            runner::print_line(format_args!(
+                "compiled `{}` to `{}` ({bytes} bytes)",
+                args.job.display(),
+                args.output.display()
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(error) => report(Outcome::Failed(error)),
     }
 }
 

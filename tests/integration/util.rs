@@ -43,7 +43,13 @@ impl Sandbox {
     pub fn runner(&self) -> Command {
         let mut command = bare_runner();
         command.arg("--state-dir").arg(self.state_dir());
+        command.env("RUNNER_CACHE_DIR", self.cache_dir());
         command
+    }
+
+    /// The compiled-job cache of this test's runs.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.dir.path().join("cache")
     }
 
     /// The transactional output directory for one test.
@@ -142,7 +148,8 @@ pub fn bare_runner() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_runner"));
     command
         .env_remove("RUNNER_GRACE")
-        .env_remove("RUNNER_STATE_DIR");
+        .env_remove("RUNNER_STATE_DIR")
+        .env_remove("RUNNER_CACHE_DIR");
     command
 }
 
