@@ -6,6 +6,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
+use wasmtime_wasi::p2::bindings::CommandPre;
 
 use sha2::{Digest as _, Sha256};
 
@@ -24,17 +25,36 @@ pub fn new_engine() -> Result<Engine> {
     Engine::new(&config).map_err(|error| anyhow!(error).context("cannot create the engine"))
 }
 
+/// What the runner calls in a job.
+pub enum Entry {
+    /// `run` of the runner:job/job world: the job sees stop requests and checkpoints.
+    Job(JobPre<JobState>),
+    /// `wasi:cli/run` of a plain WASI command, which cannot see a stop request: it gets
+    /// the grace period, then the forced stop.
+    Command(CommandPre<JobState>),
+}
+
 /// A compiled, linked job and the SHA-256 of its file.
 pub struct LoadedJob {
     /// Ready to instantiate.
-    pub pre: JobPre<JobState>,
+    pub entry: Entry,
     /// SHA-256 of the job file, written into its checkpoints.
     pub digest: Digest,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Entry::Job(_) => "Job",
+            Entry::Command(_) => "Command",
+        })
+    }
 }
 
 impl std::fmt::Debug for LoadedJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedJob")
+            .field("entry", &self.entry)
             .field("digest", &crate::hex(&self.digest))
             .finish_non_exhaustive()
     }
@@ -46,17 +66,24 @@ impl std::fmt::Debug for LoadedJob {
 pub fn load_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<LoadedJob> {
     let (component, digest) = compile_job(engine, path, cache)?;
     let shown = path.display();
-    check_world(engine, &component).with_context(|| format!("job `{shown}` cannot run"))?;
+    let command =
+        is_command(engine, &component).with_context(|| format!("job `{shown}` cannot run"))?;
 
     let mut linker = Linker::new(engine);
     host::add_to_linker(&mut linker).map_err(|error| anyhow!(error))?;
     let instance_pre = linker.instantiate_pre(&component).map_err(|error| {
         anyhow!("job `{shown}` needs an import the runner does not provide: {error:#}")
     })?;
-    let pre = JobPre::new(instance_pre).map_err(|error| {
-        anyhow!("job `{shown}` does not match the runner:job/job world: {error:#}")
-    })?;
-    Ok(LoadedJob { pre, digest })
+    let entry = if command {
+        Entry::Command(CommandPre::new(instance_pre).map_err(|error| {
+            anyhow!("job `{shown}` does not match the wasi:cli/command world: {error:#}")
+        })?)
+    } else {
+        Entry::Job(JobPre::new(instance_pre).map_err(|error| {
+            anyhow!("job `{shown}` does not match the runner:job/job world: {error:#}")
+        })?)
+    };
+    Ok(LoadedJob { entry, digest })
 }
 
 /// `runner compile JOB -o OUTPUT`: compiles the job at `job`, checks that the runner can
@@ -106,27 +133,30 @@ fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(C
     Ok((component, digest))
 }
 
-/// A readable error for a component of another world, before the linker's generic one.
-fn check_world(engine: &Engine, component: &Component) -> Result<()> {
+/// Whether `component` is a WASI command (it exports `wasi:cli/run`) rather than a job
+/// (it exports `run`); a readable error for any other component, before the linker's
+/// generic one.
+fn is_command(engine: &Engine, component: &Component) -> Result<bool> {
     let ty = component.component_type();
     let mut exports = ty.exports(engine);
     if exports
         .any(|(name, item)| name == "run" && matches!(item.ty, ComponentItem::ComponentFunc(_)))
     {
-        return Ok(());
+        return Ok(false);
+    }
+    if ty.exports(engine).any(|(name, item)| {
+        name.starts_with("wasi:cli/run@0.2.")
+            && matches!(item.ty, ComponentItem::ComponentInstance(_))
+    }) {
+        return Ok(true);
     }
     let names: Vec<String> = ty
         .exports(engine)
         .map(|(name, _)| format!("`{name}`"))
         .collect();
-    if names.iter().any(|name| name.starts_with("`wasi:cli/run@")) {
-        bail!(
-            "it is a WASI command (it exports wasi:cli/run), not a job of the runner:job/job \
-             world, which exports `run`"
-        );
-    }
     bail!(
-        "it does not export `run`, so it is not a job of the runner:job/job world (it exports {})",
+        "it exports neither `run` (a job of the runner:job/job world) nor wasi:cli/run@0.2 \
+         (a WASI command): it exports {}",
         if names.is_empty() {
             "nothing".to_owned()
         } else {

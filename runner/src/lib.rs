@@ -143,7 +143,7 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
 
     let ended = tokio::select! {
         biased;
-        result = call_run(&job.pre, &mut store) => Ended::Returned(result),
+        result = call_run(&job.entry, &mut store) => Ended::Returned(result),
         // Dropping the `run` future cancels whatever host call the job is blocked in; a
         // job that is computing was already trapped by the epoch bump.
         reason = shutdown.forced() => Ended::Forced(reason),
@@ -155,9 +155,7 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
         // Whatever the job did after losing the job, only the new owner's state counts.
         _ if revoked => Outcome::Forced(StopReason::Fenced),
         Ended::Forced(reason) => Outcome::Forced(reason),
-        Ended::Returned(Ok(Ok(JobOutcome::Completed))) => Outcome::Completed,
-        Ended::Returned(Ok(Ok(JobOutcome::Suspended))) => Outcome::Suspended,
-        Ended::Returned(Ok(Err(message))) => Outcome::JobFailed(message),
+        Ended::Returned(Ok(outcome)) => outcome,
         Ended::Returned(Err(error)) => classify_error(error, &shutdown),
     };
     if !matches!(outcome, Outcome::Completed | Outcome::Exited(0))
@@ -302,16 +300,32 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 enum Ended {
-    Returned(wasmtime::Result<Result<JobOutcome, String>>),
+    Returned(wasmtime::Result<Outcome>),
     Forced(StopReason),
 }
 
 async fn call_run(
-    job: &host::JobPre<JobState>,
+    entry: &engine::Entry,
     store: &mut wasmtime::Store<JobState>,
-) -> wasmtime::Result<Result<JobOutcome, String>> {
-    let instance = job.instantiate_async(&mut *store).await?;
-    instance.call_run(&mut *store).await
+) -> wasmtime::Result<Outcome> {
+    Ok(match entry {
+        engine::Entry::Job(pre) => {
+            let instance = pre.instantiate_async(&mut *store).await?;
+            match instance.call_run(&mut *store).await? {
+                Ok(JobOutcome::Completed) => Outcome::Completed,
+                Ok(JobOutcome::Suspended) => Outcome::Suspended,
+                Err(message) => Outcome::JobFailed(message),
+            }
+        }
+        // As `wasmtime run`: an `Err` from a command exits 1, with nothing to say.
+        engine::Entry::Command(pre) => {
+            let command = pre.instantiate_async(&mut *store).await?;
+            match command.wasi_cli_run().call_run(&mut *store).await? {
+                Ok(()) => Outcome::Completed,
+                Err(()) => Outcome::Exited(1),
+            }
+        }
+    })
 }
 
 /// An error out of the job: an exit, the trap of a forced stop, or a trap.

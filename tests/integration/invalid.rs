@@ -4,7 +4,7 @@
 use std::fs;
 
 use crate::util::{Sandbox, bare_runner, run};
-use test_guests::{COMMAND, PRIMES, TESTJOB};
+use test_guests::{PRIMES, TESTJOB};
 
 /// Runs `args`, expects exit 2 and a single-line error containing every `needle`.
 fn assert_rejected(sandbox: &Sandbox, args: &[&str], needles: &[&str]) {
@@ -57,10 +57,17 @@ fn bad_job_files_are_rejected_with_a_line_that_names_the_problem() {
         &["truncated.wasm", "is not a valid component"],
     );
 
+    // The smallest valid component: it exports nothing.
+    let empty = sandbox.path().join("empty.wasm");
+    fs::write(&empty, b"\0asm\x0d\0\x01\0").expect("write");
     assert_rejected(
         &sandbox,
-        &[COMMAND],
-        &["command.wasm", "WASI command", "runner:job/job"],
+        &[empty.to_str().expect("utf-8")],
+        &[
+            "empty.wasm",
+            "exports neither `run` (a job of the runner:job/job world) nor wasi:cli/run",
+            "it exports nothing",
+        ],
     );
 }
 

@@ -3,6 +3,7 @@
 
 mod cache;
 mod chaos;
+mod command;
 mod crash;
 mod durable;
 mod invalid;
