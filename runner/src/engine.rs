@@ -65,13 +65,18 @@ impl std::fmt::Debug for LoadedJob {
 /// what is wrong with it.
 pub fn load_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<LoadedJob> {
     let (component, digest) = compile_job(engine, path, cache)?;
+    link(engine, path, &component, digest)
+}
+
+/// Links the job at `path`, compiled to `component`, to the runner's imports.
+fn link(engine: &Engine, path: &Path, component: &Component, digest: Digest) -> Result<LoadedJob> {
     let shown = path.display();
     let command =
-        is_command(engine, &component).with_context(|| format!("job `{shown}` cannot run"))?;
+        is_command(engine, component).with_context(|| format!("job `{shown}` cannot run"))?;
 
     let mut linker = Linker::new(engine);
     host::add_to_linker(&mut linker).map_err(|error| anyhow!(error))?;
-    let instance_pre = linker.instantiate_pre(&component).map_err(|error| {
+    let instance_pre = linker.instantiate_pre(component).map_err(|error| {
         anyhow!("job `{shown}` needs an import the runner does not provide: {error:#}")
     })?;
     let entry = if command {
@@ -92,7 +97,7 @@ pub fn load_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<L
 pub fn compile_to_file(job: &Path, output: &Path) -> Result<usize> {
     let engine = new_engine()?;
     let (component, digest) = compile_job(&engine, job, None)?;
-    load_job(&engine, job, None)?;
+    link(&engine, job, &component, digest)?;
     let record = artifact::encode(&digest, &component)?;
     artifact::write_atomically(output, &record)?;
     Ok(record.len())
