@@ -238,9 +238,7 @@ impl<S: State, Src: Source> Batch<S, Src> {
         }
         Ok(())
     }
-}
 
-impl<S: State, Src: Source> Batch<S, Src> {
     /// What happens between two items: a look now and then, and a save when due.
     fn between_items(&mut self) -> Result<()> {
         self.countdown -= 1;
