@@ -122,6 +122,12 @@ impl Shutdown {
 
     /// Asks the job to stop for `reason`, following the rules in the module docs.
     pub fn request(self: &Arc<Self>, reason: StopReason) -> Requested {
+        self.request_since(reason, Instant::now())
+    }
+
+    /// [`Shutdown::request`] for a request that arrived at `arrived`: a first request's
+    /// grace period counts from then.
+    pub fn request_since(self: &Arc<Self>, reason: StopReason, arrived: Instant) -> Requested {
         let is_signal = reason != StopReason::Timeout;
         let mut outcome = Requested::Ignored;
         // Lines are printed inside the transition, before the waiters are woken: the
@@ -139,7 +145,7 @@ impl Shutdown {
                 );
                 *state = Some(Request {
                     reason,
-                    deadline: Instant::now() + self.grace,
+                    deadline: arrived + self.grace,
                     signalled: is_signal,
                     forced: None,
                 });
@@ -336,6 +342,20 @@ mod tests {
         assert_eq!(shutdown.request(StopReason::Interrupt), Requested::Forced);
         assert_eq!(forced(&shutdown), Some(StopReason::Interrupt));
         assert_eq!(shutdown.request(StopReason::Terminate), Requested::Ignored);
+    }
+
+    #[test]
+    fn the_grace_period_counts_from_the_signal_s_arrival() {
+        let shutdown = Shutdown::new(Duration::from_secs(600));
+        let arrived = Instant::now()
+            .checked_sub(Duration::from_secs(60))
+            .unwrap_or_else(Instant::now);
+        assert_eq!(
+            shutdown.request_since(StopReason::Terminate, arrived),
+            Requested::First
+        );
+        let request = shutdown.current().expect("requested");
+        assert_eq!(request.deadline, arrived + Duration::from_secs(600));
     }
 
     #[test]

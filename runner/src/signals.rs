@@ -1,7 +1,9 @@
 //! SIGTERM, SIGINT and SIGHUP: the first asks the job to stop, the next forces it.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
@@ -35,11 +37,47 @@ impl Held {
     }
 }
 
+/// When the first stop signal arrived: nanoseconds after [`CLOCK_ZERO`], 0 before one
+/// did. Noted by a signal handler of its own, because the task that turns the signal
+/// into a request may get a CPU only milliseconds later: the signal interrupts the
+/// thread running the job, and the runtime thread it wakes can wait a scheduler tick
+/// behind a job that computes. The grace period counts from the arrival.
+static FIRST_ARRIVAL_NS: AtomicU64 = AtomicU64::new(0);
+static CLOCK_ZERO: OnceLock<Instant> = OnceLock::new();
+
 /// Installs the runner's signal handlers. Call it first thing, inside the tokio runtime:
 /// as PID 1 a process gets no default signal actions, so a SIGTERM that arrives before
 /// the handlers exist is dropped and the container hangs until SIGKILL.
 pub fn install() -> io::Result<Signals> {
+    let zero = *CLOCK_ZERO.get_or_init(Instant::now);
+    for signal in [SIGTERM, SIGINT, SIGHUP] {
+        note_arrivals(signal, zero)?;
+    }
     Signals::new([SIGTERM, SIGINT, SIGHUP])
+}
+
+#[expect(unsafe_code, reason = "signal_hook's low-level registration is unsafe")]
+fn note_arrivals(signal: i32, zero: Instant) -> io::Result<()> {
+    let action = move || {
+        let nanos = u64::try_from(zero.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let _ = FIRST_ARRIVAL_NS.compare_exchange(
+            0,
+            nanos.max(1),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
+    };
+    // SAFETY: the action runs inside a signal handler, and only reads the monotonic clock
+    // (clock_gettime, async-signal-safe) and does arithmetic and one atomic operation: it
+    // neither allocates nor takes a lock.
+    unsafe { signal_hook::low_level::register(signal, action) }.map(drop)
+}
+
+/// When the first stop signal arrived, if one did.
+fn first_arrival() -> Option<Instant> {
+    let nanos = FIRST_ARRIVAL_NS.load(Ordering::Relaxed);
+    let zero = CLOCK_ZERO.get()?;
+    (nanos != 0).then(|| *zero + Duration::from_nanos(nanos))
 }
 
 /// Turns each signal into a shutdown request, for as long as the run lasts.
@@ -51,6 +89,7 @@ pub async fn forward(mut signals: Signals, shutdown: Arc<Shutdown>) {
             SIGHUP => StopReason::Hangup,
             _ => continue,
         };
-        shutdown.request(reason);
+        // Only a first request uses the time: the first signal's arrival is its own.
+        shutdown.request_since(reason, first_arrival().unwrap_or_else(Instant::now));
     }
 }
