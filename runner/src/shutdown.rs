@@ -68,6 +68,9 @@ pub struct Request {
     pub signalled: bool,
     /// Set once the job is being stopped by force, with what forced it.
     pub forced: Option<StopReason>,
+    /// Made from a stop signal's arrival ([`Shutdown::request_on_arrival`]) before the
+    /// runtime delivered that signal: its delivery is this same signal, not a second.
+    early: bool,
 }
 
 /// What a call to [`Shutdown::request`] did.
@@ -134,23 +137,14 @@ impl Shutdown {
         // main thread may exit as soon as it sees a forced stop.
         self.state.send_if_modified(|state| match state {
             None => {
-                say!(
-                    "{}: asking the job to stop; it has {} before it is stopped by force \
-                     (a second signal stops it now)",
-                    match reason {
-                        StopReason::Timeout => "--timeout ran out".to_owned(),
-                        signal => format!("received {}", signal.cause()),
-                    },
-                    format_duration(self.grace)
-                );
-                *state = Some(Request {
-                    reason,
-                    deadline: arrived + self.grace,
-                    signalled: is_signal,
-                    forced: None,
-                });
+                *state = Some(self.first_request(reason, arrived, false));
                 outcome = Requested::First;
                 true
+            }
+            Some(request) if request.early && is_signal => {
+                // The delivery of the signal the request was made from.
+                request.early = false;
+                false
             }
             Some(request) if request.forced.is_some() || !is_signal => false,
             Some(request) if !request.signalled => {
@@ -182,6 +176,44 @@ impl Shutdown {
         outcome
     }
 
+    /// Makes the first request from a stop signal's arrival, as the signal handler noted
+    /// it, if no request exists yet: the job sees it at once, not only once the runtime
+    /// thread that handles signals gets a CPU, which a computing job can hold for a
+    /// scheduler tick. The signal's delivery to [`Shutdown::request_since`] that follows
+    /// is matched to this request, not taken for a second signal.
+    pub fn request_on_arrival(self: &Arc<Self>, reason: StopReason, arrived: Instant) {
+        let made = self.state.send_if_modified(|state| {
+            if state.is_some() {
+                return false;
+            }
+            *state = Some(self.first_request(reason, arrived, true));
+            true
+        });
+        if made {
+            self.start_deadline_thread();
+        }
+    }
+
+    /// The first request, announced on stderr.
+    fn first_request(&self, reason: StopReason, arrived: Instant, early: bool) -> Request {
+        say!(
+            "{}: asking the job to stop; it has {} before it is stopped by force \
+             (a second signal stops it now)",
+            match reason {
+                StopReason::Timeout => "--timeout ran out".to_owned(),
+                signal => format!("received {}", signal.cause()),
+            },
+            format_duration(self.grace)
+        );
+        Request {
+            reason,
+            deadline: arrived + self.grace,
+            signalled: reason != StopReason::Timeout,
+            forced: None,
+            early,
+        }
+    }
+
     /// Stops the job at once because another runner owns it now (a save was fenced):
     /// there is nothing left for it to save.
     pub fn revoke(&self) {
@@ -196,6 +228,7 @@ impl Shutdown {
                 deadline: Instant::now(),
                 signalled: false,
                 forced: None,
+                early: false,
             });
             request.forced = Some(StopReason::Fenced);
             forced = true;
@@ -356,6 +389,28 @@ mod tests {
         );
         let request = shutdown.current().expect("requested");
         assert_eq!(request.deadline, arrived + Duration::from_secs(600));
+    }
+
+    #[test]
+    fn a_request_made_on_arrival_is_matched_by_its_delivery() {
+        let shutdown = Shutdown::new(Duration::from_secs(600));
+        let arrived = Instant::now();
+        shutdown.request_on_arrival(StopReason::Terminate, arrived);
+        let request = shutdown.current().expect("requested");
+        assert_eq!(request.reason, StopReason::Terminate);
+        assert_eq!(request.deadline, arrived + Duration::from_secs(600));
+        // Once made, a request is not made again.
+        shutdown.request_on_arrival(StopReason::Interrupt, Instant::now());
+        assert_eq!(shutdown.current(), Some(request));
+        // The runtime delivers the signal it came from: the same signal, no force.
+        assert_eq!(
+            shutdown.request_since(StopReason::Terminate, Instant::now()),
+            Requested::Ignored
+        );
+        assert_eq!(forced(&shutdown), None);
+        // The next signal is a second one.
+        assert_eq!(shutdown.request(StopReason::Interrupt), Requested::Forced);
+        assert_eq!(forced(&shutdown), Some(StopReason::Interrupt));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! SIGTERM, SIGINT and SIGHUP: the first asks the job to stop, the next forces it.
 
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -38,11 +38,13 @@ impl Held {
 }
 
 /// When the first stop signal arrived: nanoseconds after [`CLOCK_ZERO`], 0 before one
-/// did. Noted by a signal handler of its own, because the task that turns the signal
-/// into a request may get a CPU only milliseconds later: the signal interrupts the
-/// thread running the job, and the runtime thread it wakes can wait a scheduler tick
-/// behind a job that computes. The grace period counts from the arrival.
+/// did; and which signal it was. Noted by a signal handler of its own, because the task
+/// that turns the signal into a request may get a CPU only milliseconds later: the
+/// signal interrupts the thread running the job, and the runtime thread it wakes can
+/// wait a scheduler tick behind a job that computes. The grace period counts from the
+/// arrival, and the job's calls see the request from then ([`catch_up`]).
 static FIRST_ARRIVAL_NS: AtomicU64 = AtomicU64::new(0);
+static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
 static CLOCK_ZERO: OnceLock<Instant> = OnceLock::new();
 
 /// Installs the runner's signal handlers. Call it first thing, inside the tokio runtime:
@@ -60,34 +62,54 @@ pub fn install() -> io::Result<Signals> {
 fn note_arrivals(signal: i32, zero: Instant) -> io::Result<()> {
     let action = move || {
         let nanos = u64::try_from(zero.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let _ = FIRST_ARRIVAL_NS.compare_exchange(
-            0,
-            nanos.max(1),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let first =
+            FIRST_ARRIVAL_NS.compare_exchange(0, nanos.max(1), Ordering::AcqRel, Ordering::Relaxed);
+        if first.is_ok() {
+            FIRST_SIGNAL.store(signal, Ordering::Release);
+        }
     };
     // SAFETY: the action runs inside a signal handler, and only reads the monotonic clock
-    // (clock_gettime, async-signal-safe) and does arithmetic and one atomic operation: it
+    // (clock_gettime, async-signal-safe) and does arithmetic and atomic operations: it
     // neither allocates nor takes a lock.
     unsafe { signal_hook::low_level::register(signal, action) }.map(drop)
 }
 
 /// When the first stop signal arrived, if one did.
 fn first_arrival() -> Option<Instant> {
-    let nanos = FIRST_ARRIVAL_NS.load(Ordering::Relaxed);
+    let nanos = FIRST_ARRIVAL_NS.load(Ordering::Acquire);
     let zero = CLOCK_ZERO.get()?;
     (nanos != 0).then(|| *zero + Duration::from_nanos(nanos))
+}
+
+fn reason(signal: i32) -> Option<StopReason> {
+    match signal {
+        SIGTERM => Some(StopReason::Terminate),
+        SIGINT => Some(StopReason::Interrupt),
+        SIGHUP => Some(StopReason::Hangup),
+        _ => None,
+    }
+}
+
+/// Makes the request from the first stop signal's arrival if the runtime has not yet
+/// ([`Shutdown::request_on_arrival`]); true if a stop signal has arrived. For the job's
+/// calls that look at the request.
+pub fn catch_up(shutdown: &Arc<Shutdown>) -> bool {
+    let Some(arrived) = first_arrival() else {
+        return false;
+    };
+    // Stored just after the arrival: a reader in between takes the runtime's path.
+    let Some(reason) = reason(FIRST_SIGNAL.load(Ordering::Acquire)) else {
+        return false;
+    };
+    shutdown.request_on_arrival(reason, arrived);
+    true
 }
 
 /// Turns each signal into a shutdown request, for as long as the run lasts.
 pub async fn forward(mut signals: Signals, shutdown: Arc<Shutdown>) {
     while let Some(signal) = signals.next().await {
-        let reason = match signal {
-            SIGTERM => StopReason::Terminate,
-            SIGINT => StopReason::Interrupt,
-            SIGHUP => StopReason::Hangup,
-            _ => continue,
+        let Some(reason) = reason(signal) else {
+            continue;
         };
         // Only a first request uses the time: the first signal's arrival is its own.
         shutdown.request_since(reason, first_arrival().unwrap_or_else(Instant::now));

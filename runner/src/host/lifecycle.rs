@@ -10,6 +10,7 @@ use wasmtime_wasi::p2::{DynPollable, Pollable};
 
 use super::bindings::runner::job::lifecycle::{Host, StopReason as WitStopReason};
 use crate::shutdown::{Request, Shutdown, StopReason};
+use crate::signals;
 
 /// The lifecycle host: the run's shutdown state, and the zero of the job's monotonic
 /// clock, so that `deadline` is an instant on the clock the job reads.
@@ -24,6 +25,16 @@ impl Lifecycle {
         Lifecycle {
             shutdown,
             clock_zero,
+        }
+    }
+
+    /// The request, including one whose signal has arrived but that the runtime has not
+    /// turned into a request yet.
+    fn current(&self) -> Option<Request> {
+        match self.shutdown.current() {
+            Some(request) => Some(request),
+            None if signals::catch_up(&self.shutdown) => self.shutdown.current(),
+            None => None,
         }
     }
 }
@@ -70,33 +81,34 @@ impl HasData for LifecycleData {
 }
 
 /// Ready once shutdown is requested, and stays ready.
-struct ShutdownPollable(watch::Receiver<Option<Request>>);
+struct ShutdownPollable(Arc<Shutdown>, watch::Receiver<Option<Request>>);
 
 #[wasmtime_wasi::async_trait]
 impl Pollable for ShutdownPollable {
     async fn ready(&mut self) {
+        signals::catch_up(&self.0);
         // An error means the sender is gone, which only happens as the run ends:
         // being ready then is harmless.
-        let _ = self.0.wait_for(Option::is_some).await;
+        let _ = self.1.wait_for(Option::is_some).await;
     }
 }
 
 impl Host for LifecycleView<'_> {
     fn shutdown_requested(&mut self) -> wasmtime::Result<bool> {
-        Ok(self.lifecycle.shutdown.current().is_some())
+        Ok(self.lifecycle.current().is_some())
     }
 
     fn subscribe_shutdown(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
-        let pollable = self
-            .table
-            .push(ShutdownPollable(self.lifecycle.shutdown.subscribe()))?;
+        let pollable = self.table.push(ShutdownPollable(
+            Arc::clone(&self.lifecycle.shutdown),
+            self.lifecycle.shutdown.subscribe(),
+        ))?;
         wasmtime_wasi::p2::subscribe(self.table, pollable)
     }
 
     fn deadline(&mut self) -> wasmtime::Result<Option<u64>> {
         Ok(self
             .lifecycle
-            .shutdown
             .current()
             .map(|request| nanos_since(self.lifecycle.clock_zero, request.deadline)))
     }
@@ -104,7 +116,6 @@ impl Host for LifecycleView<'_> {
     fn shutdown_reason(&mut self) -> wasmtime::Result<Option<WitStopReason>> {
         Ok(self
             .lifecycle
-            .shutdown
             .current()
             .map(|request| match request.reason {
                 StopReason::Terminate => WitStopReason::Terminate,
