@@ -287,17 +287,22 @@ class Bench:
         if len(answers) != 1:
             sys.exit(f"bench: the primes programs disagree: {sorted(answers)}")
         self.results["primes_answer"] = answers.pop()
+        # One hyperfine call per round, each running every command once: the commands
+        # take turns, so that the machine drifting (these are minutes of CPU) does not
+        # land on one of them. The checks above were the warm-up (and filled the caches).
         export = os.path.join(self.work, "hyperfine.json")
-        hyperfine = [self.args.hyperfine, "-N", "--warmup", "1", "--runs", str(self.args.compute_runs), "--export-json", export]
-        for name, argv in commands.items():
-            hyperfine += ["-n", name, " ".join(argv)]
-        self.log(f"compute: hyperfine, {len(commands)} commands x {self.args.compute_runs} runs, LIMIT={limit}")
-        subprocess.run(hyperfine, env=self.env, check=True, stdout=sys.stderr)
-        with open(export) as file:
-            results = json.load(file)["results"]
-        self.results["compute"] = {
-            result["command"]: summary([t * 1000 for t in result["times"]]) for result in results
-        }
+        times = {name: [] for name in commands}
+        self.log(f"compute: hyperfine, {self.args.compute_runs} rounds of {len(commands)} commands, LIMIT={limit}")
+        for _ in range(self.args.compute_runs):
+            hyperfine = [self.args.hyperfine, "-N", "--runs", "1", "--export-json", export]
+            for name, argv in commands.items():
+                hyperfine += ["-n", name, " ".join(argv)]
+            subprocess.run(hyperfine, env=self.env, check=True, stdout=sys.stderr)
+            with open(export) as file:
+                for result in json.load(file)["results"]:
+                    times[result["command"]] += [t * 1000 for t in result["times"]]
+        self.results["compute"] = {name: summary(samples) for name, samples in times.items()}
+        self.results["compute_rounds"] = list(times.values())
 
     # -- checkpoint commit
 
@@ -497,12 +502,12 @@ def report(bench, args, elapsed_s):
     if "compute" in r:
         c = r["compute"]
         names = list(c)
-        native, nodivl, off, on, runner_cmd, runner_job = (c[n]["median"] for n in names)
+        native = c[names[0]]["median"]
         lines += [
             f"## Compute: primes below {args.primes_limit:,}",
             "",
-            f"hyperfine, {args.compute_runs} runs each after a warm-up run (which also fills the compiled-code",
-            f"caches); all print `{r['primes_answer']}`. `count-primes` is `bench/jobs/src/bin/count-primes.rs`: the",
+            f"hyperfine, {args.compute_runs} rounds in which each command runs once, after a warm-up run (which",
+            f"also fills the compiled-code caches); all print `{r['primes_answer']}`. `count-primes` is `bench/jobs/src/bin/count-primes.rs`: the",
             "example's `is_prime` (examples/primes/src/count.rs) in a plain loop. The runner turns epoch",
             "interruption on for every job (it is how a forced stop reaches a computing job) with the same",
             "wasmtime 48.0.8 and the same mechanism as `wasmtime run -W timeout`, so the epoch cost is",
@@ -515,18 +520,26 @@ def report(bench, args, elapsed_s):
         ]
         for name in names:
             lines.append(f"| {name} | {spread(c[name], 0)} | {ratio(c[name]['median'], native):.3f}x |")
-        epoch = ratio(on, off) - 1
+        rounds = r["compute_rounds"]
+
+        def paired(a, b):
+            """The median over the rounds of a's time / b's time in the same round."""
+            return statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
+
+        epoch = paired(3, 2) - 1
+        job_native, job_nodivl, cmd_on = paired(5, 0), paired(5, 1), paired(4, 3)
         lines += [
             "",
-            f"Epoch interruption costs {epoch * 100:+.1f}% (`wasmtime run`, on / off). The runner runs the plain command",
-            f"at {ratio(runner_cmd, on):.3f}x `wasmtime run` with epoch interruption on, and the example job (the SDK's",
-            f"batch loop and its checkpoints included) at {ratio(runner_job, native):.3f}x native: {ratio(runner_job, nodivl):.3f}x the",
-            "native build that divides as Cranelift does.",
+            "Ratios are medians over the rounds of the ratio within a round. Epoch interruption costs",
+            f"{epoch * 100:+.1f}% (`wasmtime run`, on / off). The runner runs the plain command at {cmd_on:.3f}x",
+            "`wasmtime run` with epoch interruption on, and the example job (the SDK's batch loop and its",
+            f"checkpoints included) at {job_native:.3f}x native: {job_nodivl:.3f}x the native build that divides as",
+            "Cranelift does.",
             "",
         ]
         targets += [
             ("epoch overhead < 3% on primes", f"{epoch * 100:+.1f}%", epoch < 0.03),
-            ("primes ≤ 1.3x native", f"{ratio(runner_job, native):.3f}x (the example job)", ratio(runner_job, native) <= 1.3),
+            ("primes ≤ 1.3x native", f"{job_native:.3f}x (the example job)", job_native <= 1.3),
         ]
 
     if "commit" in r:
@@ -619,7 +632,7 @@ def main():
     parser.add_argument("--request-trials", type=int, default=200)
     parser.add_argument("--deadline-trials", type=int, default=100)
     parser.add_argument("--primes-limit", type=int, default=20_000_000)
-    parser.add_argument("--compute-runs", type=int, default=5)
+    parser.add_argument("--compute-runs", type=int, default=7)
     parser.add_argument("--commit-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50,{64 * MIB}:8"),
                         help="SIZE:COUNT,... (bytes, commits per round)")
     parser.add_argument("--command-line", default="", help="the command that ran this, for the report")
