@@ -193,7 +193,7 @@ class Bench:
         }
         if os.path.isdir("/dev/shm"):
             # What the state directory's fsyncs cost: the runner takes the job's lock and
-            # a fencing number (written and fsynced) even for a plain command.
+            # writes a fencing number (fsynced) even for a plain command.
             shm_state = tempfile.mkdtemp(prefix="runner-bench-state-", dir="/dev/shm")
             loading[TMPFS_ROW] = lambda trial: [
                 self.args.runner, "--state-dir", shm_state, "--cache-dir", cache, hello
@@ -450,9 +450,10 @@ def report(bench, args, elapsed_s):
             shm = s[TMPFS_ROW]["first"]["median"] / wc["first"]["median"]
             lines += [
                 "",
-                f"The tmpfs row shows what the runner's fsyncs at start cost: with them gone, cached start is {shm:.2f}x",
-                "`wasmtime run`'s. The runner takes the job's lock and a fencing number (a file written, fsynced",
-                "and renamed, then the directory fsynced) before the job runs, a plain command included.",
+                f"The tmpfs row shows what the state directory's fsyncs cost at start: with them free, cached start is",
+                f"{shm:.2f}x `wasmtime run`'s. The runner takes the job's lock and writes a fencing number (a file",
+                "written, fsynced and renamed, then the directory fsynced), a plain command included; without",
+                "`--output` it does so while the job starts.",
             ]
         rp, wp = s["runner, precompiled (`runner compile`)"], s["wasmtime run, precompiled (`wasmtime compile`)"]
         start_cached = ratio(rc["first"]["median"], wc["first"]["median"])

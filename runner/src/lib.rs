@@ -89,7 +89,10 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
     }
     // Before taking a fencing number, so that a refused run leaves no trace.
     restore_output(output.as_ref(), &claim.loaded, &config)?;
-    let (store, loaded) = claim.own(output.as_ref().map(OutputDir::key))?;
+    let (store, loaded) = match &output {
+        Some(output) => claim.own(Some(output.key()))?,
+        None => claim.own_while_starting(),
+    };
     let job = tokio::select! {
         compiled = compile => compiled.context("compiling the job panicked")??,
         reason = shutdown.forced() => return Ok(Outcome::Forced(reason)),

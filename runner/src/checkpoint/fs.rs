@@ -23,13 +23,17 @@
 //! owner's number is durable; a stale commit that lands between the new owner reading
 //! the records and writing its number is superseded by the new owner's first commit, and
 //! a check-then-rename window of microseconds remains in each commit. Only the lock keeps
-//! two runners from writing one output directory at the same time.
+//! two runners from writing one output directory at the same time. A run without an
+//! output directory writes its number while its job starts, and its first commit waits
+//! for the number to be durable; with one, the number (which records the directory) is
+//! durable before the job starts.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
+use std::thread::JoinHandle;
 
 use tempfile::NamedTempFile;
 
@@ -377,8 +381,19 @@ enum Newest {
 pub struct LocalStore {
     dir: JobDir,
     fence: u64,
+    /// The write of this run's fencing number, when it runs while the job starts: every
+    /// commit waits for it to be durable.
+    fence_write: Mutex<FenceWrite>,
     newest: Mutex<Newest>,
     _lock: Lock,
+}
+
+/// Where the write of a run's fencing number stands.
+#[derive(Debug)]
+enum FenceWrite {
+    Durable,
+    Pending(JoinHandle<Result<(), StoreError>>),
+    Failed(String),
 }
 
 /// A job whose lock this run holds and whose records it has read, before it takes a
@@ -475,13 +490,40 @@ impl Claim {
             text.push_str(&format!("output {dir}\n"));
         }
         self.dir.replace(FENCE, &[text.as_bytes()])?;
+        Ok(self.into_store(fence, FenceWrite::Durable))
+    }
+
+    /// [`Claim::own`] for a run without an output directory, with the fencing number
+    /// written (two fsyncs) while the job starts rather than before: the first commit
+    /// waits for it to be durable, so no record carries a number that is not. Until it
+    /// is, an older owner's commit can still land, as one can between reading the
+    /// records and taking the number, and this run's first commit supersedes it. With an
+    /// output directory the number must come first: it records the directory, which
+    /// tells the next run that files there without a checkpoint are this run's.
+    pub fn own_while_starting(self) -> (LocalStore, Loaded) {
+        let fence = self.newest_fence + 1;
+        let dir = self.dir.clone();
+        let write = move || dir.replace(FENCE, &[format!("{fence}\n").as_bytes()]);
+        let state = match std::thread::Builder::new()
+            .name("runner-fence".into())
+            .spawn(write)
+        {
+            Ok(pending) => FenceWrite::Pending(pending),
+            // No thread: the first commit fails, saying why, and the job decides.
+            Err(error) => FenceWrite::Failed(format!("cannot start a thread: {error}")),
+        };
+        self.into_store(fence, state)
+    }
+
+    fn into_store(self, fence: u64, fence_write: FenceWrite) -> (LocalStore, Loaded) {
         let store = LocalStore {
             dir: self.dir,
             fence,
+            fence_write: Mutex::new(fence_write),
             newest: Mutex::new(self.newest),
             _lock: self.lock,
         };
-        Ok((store, self.loaded))
+        (store, self.loaded)
     }
 }
 
@@ -489,6 +531,34 @@ impl LocalStore {
     /// The job's directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Waits for this run's fencing number to be durable, if it is still being written.
+    fn fence_durable(&self) -> Result<(), StoreError> {
+        let mut state = self
+            .fence_write
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let FenceWrite::Pending(_) = &*state {
+            let FenceWrite::Pending(pending) = std::mem::replace(&mut *state, FenceWrite::Durable)
+            else {
+                unreachable!("matched just above")
+            };
+            *state = match pending.join() {
+                Ok(Ok(())) => FenceWrite::Durable,
+                Ok(Err(error)) => FenceWrite::Failed(error.to_string()),
+                Err(_) => FenceWrite::Failed("the thread writing it panicked".into()),
+            };
+        }
+        match &*state {
+            FenceWrite::Durable => Ok(()),
+            FenceWrite::Pending(_) => unreachable!("joined just above"),
+            FenceWrite::Failed(problem) => Err(StoreError::Io {
+                action: "take a fencing number in",
+                path: self.dir.file(FENCE),
+                source: std::io::Error::other(problem.clone()),
+            }),
+        }
     }
 
     fn check_fence(&self) -> Result<(), StoreError> {
@@ -564,6 +634,7 @@ impl Store for LocalStore {
     }
 
     fn commit(&self, record: &Record) -> Result<(), StoreError> {
+        self.fence_durable()?;
         self.check_fence()?;
         let head = record.head();
         let len = head.len() as u64 + record.payload.len() as u64;
@@ -728,6 +799,23 @@ mod tests {
         assert_eq!(loaded.record, None);
         assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
         store.commit(&record(1, store.fence())).expect("commit");
+    }
+
+    #[test]
+    fn a_fencing_number_written_while_the_job_starts_is_durable_before_the_first_commit() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let (old, _) = acquire(root.path());
+        old.commit(&record(1, old.fence())).expect("commit");
+        drop(old);
+        let dir = job_dir(root.path());
+        let lock = dir.try_lock().expect("lock").expect("free");
+        let (store, loaded) = Claim::new(dir.clone(), lock, false)
+            .expect("claim")
+            .own_while_starting();
+        assert_eq!((store.fence(), loaded.record), (2, Some(record(1, 1))));
+        store.commit(&record(2, 2)).expect("commit");
+        assert_eq!(dir.read_fence().expect("fence").map(|f| f.number), Some(2));
+        store.commit(&record(3, 2)).expect("and again");
     }
 
     #[test]
