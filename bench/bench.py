@@ -634,7 +634,7 @@ def main():
     parser.add_argument("--deadline-trials", type=int, default=100)
     parser.add_argument("--primes-limit", type=int, default=20_000_000)
     parser.add_argument("--compute-runs", type=int, default=7)
-    parser.add_argument("--commit-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50,{64 * MIB}:8"),
+    parser.add_argument("--commit-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50,{64 * MIB}:16"),
                         help="SIZE:COUNT,... (bytes, commits per round)")
     parser.add_argument("--command-line", default="", help="the command that ran this, for the report")
     args = parser.parse_args()
