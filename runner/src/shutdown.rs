@@ -1,14 +1,17 @@
 //! The shared shutdown state: whether the job was asked to stop, why, by when, and
 //! whether it is being stopped by force.
 //!
-//! Everything that can stop a job goes through [`Shutdown`]: the signal task, the
-//! `--timeout` timer and the grace deadline. The job sees the state through the
+//! Everything that can stop a job goes through [`Shutdown`]: the signal task (and, for a
+//! signal that has arrived before that task ran, the job's own lifecycle calls: see
+//! `signals::catch_up`), the `--timeout` timer and the grace deadline. The job sees the
+//! state through the
 //! `lifecycle` host interface; the runner's main future waits on [`Shutdown::forced`] to
 //! drop the job's `run` call (cancelling a job blocked in an async host call), and a
 //! forced stop bumps the engine's epoch so that a job that is computing traps at its
 //! next epoch check.
 //!
-//! The rules: the first request (a signal, or `--timeout`) starts the grace period; a
+//! The rules: the first request (a signal, from its arrival, or `--timeout`) starts the
+//! grace period; a
 //! signal after a signal forces the stop at once; `--timeout` never forces a stop that is
 //! already under way, and a signal after it is only noted (the next one forces).
 
@@ -207,7 +210,10 @@ impl Shutdown {
         );
         Request {
             reason,
-            deadline: arrived + self.grace,
+            // A --grace too long for the clock: the deadline is as good as never.
+            deadline: arrived
+                .checked_add(self.grace)
+                .unwrap_or_else(|| arrived + Duration::from_secs(100 * 365 * 24 * 3600)),
             signalled: reason != StopReason::Timeout,
             forced: None,
             early,
@@ -411,6 +417,14 @@ mod tests {
         // The next signal is a second one.
         assert_eq!(shutdown.request(StopReason::Interrupt), Requested::Forced);
         assert_eq!(forced(&shutdown), Some(StopReason::Interrupt));
+    }
+
+    #[test]
+    fn a_grace_period_too_long_for_the_clock_never_ends() {
+        let shutdown = Shutdown::new(Duration::MAX);
+        assert_eq!(shutdown.request(StopReason::Terminate), Requested::First);
+        let request = shutdown.current().expect("requested");
+        assert!(request.deadline > Instant::now() + Duration::from_secs(50 * 365 * 24 * 3600));
     }
 
     #[test]

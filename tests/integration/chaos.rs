@@ -58,8 +58,8 @@ fn interrupted_run(
 ) -> bool {
     let kind = rng.random_range(0..3);
     let mut command = match kind {
-        // SIGKILL at the n-th fsync of the checkpoint thread: inside a commit (the
-        // main thread makes 2 or 3 fsyncs at start, so counts from 4 are commits).
+        // SIGKILL at the n-th fsync of the run: inside a commit (the start makes 2 or 3
+        // fsyncs, which the first commit waits for, so counts from 4 are commits).
         2 => {
             let mut strace = Command::new("strace");
             strace

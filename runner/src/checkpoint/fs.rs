@@ -25,14 +25,15 @@
 //! a check-then-rename window of microseconds remains in each commit. Only the lock keeps
 //! two runners from writing one output directory at the same time. A run without an
 //! output directory writes its number while its job starts, and its first commit waits
-//! for the number to be durable; with one, the number (which records the directory) is
-//! durable before the job starts.
+//! for the number to be durable (a failed write fails every commit of the run); with one,
+//! the number (which records the directory) is durable before the job starts. The lock
+//! is held until the write is over, even by a run that ends first.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use tempfile::NamedTempFile;
@@ -385,7 +386,9 @@ pub struct LocalStore {
     /// commit waits for it to be durable.
     fence_write: Mutex<FenceWrite>,
     newest: Mutex<Newest>,
-    _lock: Lock,
+    /// Shared with the thread writing the fencing number, if any: the job stays locked
+    /// until that write is over, even when the store goes first.
+    _lock: Arc<Lock>,
 }
 
 /// Where the write of a run's fencing number stands.
@@ -490,7 +493,14 @@ impl Claim {
             text.push_str(&format!("output {dir}\n"));
         }
         self.dir.replace(FENCE, &[text.as_bytes()])?;
-        Ok(self.into_store(fence, FenceWrite::Durable))
+        let store = LocalStore {
+            dir: self.dir,
+            fence,
+            fence_write: Mutex::new(FenceWrite::Durable),
+            newest: Mutex::new(self.newest),
+            _lock: Arc::new(self.lock),
+        };
+        Ok((store, self.loaded))
     }
 
     /// [`Claim::own`] for a run without an output directory, with the fencing number
@@ -500,28 +510,31 @@ impl Claim {
     /// records and taking the number, and this run's first commit supersedes it. With an
     /// output directory the number must come first: it records the directory, which
     /// tells the next run that files there without a checkpoint are this run's.
+    ///
+    /// If the write fails, every commit of the run fails with `io` naming it: writing
+    /// the number again could overwrite a newer owner's.
     pub fn own_while_starting(self) -> (LocalStore, Loaded) {
         let fence = self.newest_fence + 1;
-        let dir = self.dir.clone();
-        let write = move || dir.replace(FENCE, &[format!("{fence}\n").as_bytes()]);
+        let lock = Arc::new(self.lock);
+        let (dir, held) = (self.dir.clone(), Arc::clone(&lock));
+        let write = move || {
+            let written = dir.replace(FENCE, &[format!("{fence}\n").as_bytes()]);
+            drop(held);
+            written
+        };
         let state = match std::thread::Builder::new()
             .name("runner-fence".into())
             .spawn(write)
         {
             Ok(pending) => FenceWrite::Pending(pending),
-            // No thread: the first commit fails, saying why, and the job decides.
             Err(error) => FenceWrite::Failed(format!("cannot start a thread: {error}")),
         };
-        self.into_store(fence, state)
-    }
-
-    fn into_store(self, fence: u64, fence_write: FenceWrite) -> (LocalStore, Loaded) {
         let store = LocalStore {
             dir: self.dir,
             fence,
-            fence_write: Mutex::new(fence_write),
+            fence_write: Mutex::new(state),
             newest: Mutex::new(self.newest),
-            _lock: self.lock,
+            _lock: lock,
         };
         (store, self.loaded)
     }
