@@ -392,11 +392,12 @@ pub struct LocalStore {
 }
 
 /// Where the write of a run's fencing number stands.
-#[derive(Debug)]
-enum FenceWrite {
-    Durable,
-    Pending(JoinHandle<Result<(), StoreError>>),
-    Failed(String),
+#[derive(Debug, Default)]
+struct FenceWrite {
+    /// The thread writing it, until a commit has waited for it.
+    pending: Option<JoinHandle<Result<(), StoreError>>>,
+    /// Why it could not be written; `None` once it is durable (or while pending).
+    failed: Option<String>,
 }
 
 /// A job whose lock this run holds and whose records it has read, before it takes a
@@ -496,7 +497,7 @@ impl Claim {
         let store = LocalStore {
             dir: self.dir,
             fence,
-            fence_write: Mutex::new(FenceWrite::Durable),
+            fence_write: Mutex::default(),
             newest: Mutex::new(self.newest),
             _lock: Arc::new(self.lock),
         };
@@ -526,8 +527,14 @@ impl Claim {
             .name("runner-fence".into())
             .spawn(write)
         {
-            Ok(pending) => FenceWrite::Pending(pending),
-            Err(error) => FenceWrite::Failed(format!("cannot start a thread: {error}")),
+            Ok(pending) => FenceWrite {
+                pending: Some(pending),
+                failed: None,
+            },
+            Err(error) => FenceWrite {
+                pending: None,
+                failed: Some(format!("cannot start a thread: {error}")),
+            },
         };
         let store = LocalStore {
             dir: self.dir,
@@ -548,25 +555,20 @@ impl LocalStore {
 
     /// Waits for this run's fencing number to be durable, if it is still being written.
     fn fence_durable(&self) -> Result<(), StoreError> {
-        let mut state = self
+        let mut write = self
             .fence_write
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let FenceWrite::Pending(_) = &*state {
-            let FenceWrite::Pending(pending) = std::mem::replace(&mut *state, FenceWrite::Durable)
-            else {
-                unreachable!("matched just above")
-            };
-            *state = match pending.join() {
-                Ok(Ok(())) => FenceWrite::Durable,
-                Ok(Err(error)) => FenceWrite::Failed(error.to_string()),
-                Err(_) => FenceWrite::Failed("the thread writing it panicked".into()),
+        if let Some(pending) = write.pending.take() {
+            write.failed = match pending.join() {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(error.to_string()),
+                Err(_) => Some("the thread writing it panicked".into()),
             };
         }
-        match &*state {
-            FenceWrite::Durable => Ok(()),
-            FenceWrite::Pending(_) => unreachable!("joined just above"),
-            FenceWrite::Failed(problem) => Err(StoreError::Io {
+        match &write.failed {
+            None => Ok(()),
+            Some(problem) => Err(StoreError::Io {
                 action: "take a fencing number in",
                 path: self.dir.file(FENCE),
                 source: std::io::Error::other(problem.clone()),
