@@ -21,6 +21,10 @@ peers. Sections (all by default; pick some with --only):
            (write, fsync, rename, directory fsync) done by a native program, in the same
            directory.
   python   a Python job's start: first run, cached, precompiled.
+  container the image deploy/build-image builds (static release runner, primes), run by
+           runc with a bind-mounted state directory: `runc kill ID TERM` -> `runc run`
+           has exited (75, the job suspended), once the job has saved a checkpoint; and
+           the sizes of the static runner and of the image.
 
 Children run without RUST_BACKTRACE, as in production (it slows every trap path).
 """
@@ -41,7 +45,8 @@ import time
 
 TMPFS_ROW = "runner, cached, state directory on tmpfs (no fsync cost; for comparison)"
 NODIVL_ROW = "native, with LLVM's 32-bit division fast path off (`-C target-feature=-idivq-to-divl`)"
-SECTIONS = ["start", "request", "deadline", "compute", "commit", "python"]
+SECTIONS = ["start", "request", "deadline", "compute", "commit", "python", "container"]
+CONTAINER_USER = 65532
 KIB = 1024
 MIB = 1024 * 1024
 
@@ -371,6 +376,71 @@ class Bench:
         self.results["python_size"] = os.path.getsize(job)
 
 
+    # -- container
+
+    def container(self):
+        trials = self.args.container_trials
+        base = os.path.join(self.work, "container")
+        bundle = os.path.join(base, "bundle")
+        os.makedirs(base)
+        run_quiet(["umoci", "unpack", "--image", f"{self.args.image_layout}:bench", bundle])
+        with open(os.path.join(bundle, "config.json")) as config_file:
+            config = json.load(config_file)
+        config["process"]["terminal"] = False
+        config["process"]["args"] = ["/runner", "/jobs/primes.wasm"]
+        config["root"] = {"path": os.path.join(bundle, "rootfs"), "readonly": True}
+        state = os.path.join(base, "state")
+        config["mounts"] += [
+            {"destination": "/state", "type": "bind", "source": state, "options": ["rbind", "rw"]},
+            {"destination": "/cache", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", f"uid={CONTAINER_USER}", f"gid={CONTAINER_USER}"]},
+        ]
+        self.log(f"container: runc kill TERM -> exit, {trials} trials")
+        from_call, from_return = [], []
+        for trial in range(trials):
+            shutil.rmtree(state, ignore_errors=True)
+            os.makedirs(state)
+            os.chown(state, CONTAINER_USER, CONTAINER_USER)
+            trial_bundle = os.path.join(base, f"trial-{trial}")
+            os.makedirs(trial_bundle)
+            with open(os.path.join(trial_bundle, "config.json"), "w") as config_file:
+                json.dump(config, config_file)
+            name = f"runner-bench-{os.getpid()}-{trial}"
+            proc = subprocess.Popen(
+                ["runc", "run", "--bundle", trial_bundle, name],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            checkpoint = os.path.join(state, "primes", "checkpoint")
+            waited = time.monotonic()
+            while not os.path.exists(checkpoint):
+                if proc.poll() is not None or time.monotonic() - waited > 120:
+                    proc.kill()
+                    sys.exit(f"bench: the container of trial {trial} saved no checkpoint")
+                time.sleep(0.005)
+            called = time.monotonic_ns()
+            run_quiet(["runc", "kill", name, "TERM"])
+            returned = time.monotonic_ns()
+            code = proc.wait()
+            exited = time.monotonic_ns()
+            subprocess.run(["runc", "delete", "--force", name], capture_output=True)
+            if code != 75:
+                sys.exit(f"bench: the container exited {code}, not 75, after runc kill TERM")
+            from_call.append((exited - called) / 1e6)
+            from_return.append((exited - returned) / 1e6)
+        layout_bytes = 0
+        for directory, _, files in os.walk(os.path.join(self.args.image_layout, "blobs")):
+            layout_bytes += sum(os.path.getsize(os.path.join(directory, file)) for file in files)
+        self.results["container"] = {
+            "`runc kill` started → `runc run` exited": summary(from_call),
+            "`runc kill` returned → `runc run` exited": summary(from_return),
+        }
+        self.results["container_sizes"] = {
+            "runner": os.path.getsize(self.args.static_runner),
+            "runner_in_image": os.path.getsize(os.path.join(bundle, "rootfs", "runner")),
+            "layout": layout_bytes,
+        }
+
+
 def parse_commits(output):
     line = next(line for line in output.splitlines() if line.startswith("commit_ns"))
     return [int(value) / 1e6 for value in line.split()[1:]]
@@ -595,6 +665,31 @@ def report(bench, args, elapsed_s):
             )
         lines.append("")
 
+    if "container" in r:
+        sizes = r["container_sizes"]
+        lines += [
+            "## Container: `runc kill TERM` to exit",
+            "",
+            "The image `deploy/build-image` builds from the static release runner and `primes`, unpacked with umoci",
+            "and run by runc (`runc run`, in the foreground) with a bind-mounted state directory and a read-only",
+            "root, as `tests/integration/container.rs` runs it. Once the job has saved its first checkpoint,",
+            "`runc kill ID TERM`; the time until `runc run` has exited (75: the job saved its place and",
+            "suspended). The first row includes `runc kill`'s own start. Milliseconds.",
+            "",
+            "| from | n | p50 | p99 | min | max |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, s in r["container"].items():
+            cells = " | ".join(fmt(s[stat], 1) for stat in ["median", "p99", "min", "max"])
+            lines.append(f"| {name} | {s['n']} | {cells} |")
+        lines += [
+            "",
+            f"Sizes: the static runner {sizes['runner'] / MIB:.1f} MiB as built "
+            f"(`x86_64-unknown-linux-musl`, release), {sizes['runner_in_image'] / MIB:.1f} MiB stripped in the image;",
+            f"the whole image (OCI layout, compressed layer, config and manifest) {sizes['layout'] / MIB:.1f} MiB.",
+            "",
+        ]
+
     if targets:
         lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
         for target, measured, met in targets:
@@ -623,7 +718,8 @@ def parse_sizes(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ["runner", "wasmtime", "hyperfine", "hello", "testjob", "primes", "count-primes-wasm",
-                 "count-primes-native", "count-primes-native-nodivl", "benchjob", "raw-commit", "python-hello", "startup"]:
+                 "count-primes-native", "count-primes-native-nodivl", "benchjob", "raw-commit", "python-hello", "startup",
+                 "static-runner", "image-layout"]:
         parser.add_argument(f"--{name}", help=f"path of {name}")
     parser.add_argument("--work", required=True, help="scratch directory (removed first); its file system is measured")
     parser.add_argument("--out", required=True, help="the Markdown report to write")
@@ -636,6 +732,7 @@ def main():
     parser.add_argument("--compute-runs", type=int, default=7)
     parser.add_argument("--commit-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50,{64 * MIB}:16"),
                         help="SIZE:COUNT,... (bytes, commits per round)")
+    parser.add_argument("--container-trials", type=int, default=20)
     parser.add_argument("--command-line", default="", help="the command that ran this, for the report")
     args = parser.parse_args()
 
@@ -653,6 +750,7 @@ def main():
         ],
         "commit": ["runner", "benchjob", "raw_commit"],
         "python": ["runner", "python_hello", "startup"],
+        "container": ["image_layout", "static_runner"],
     }
     for section in sections:
         for name in needs[section]:

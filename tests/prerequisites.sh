@@ -1,23 +1,36 @@
 #!/bin/sh
-# What the test suite needs besides cargo: the wasm32-wasip2 target (rustup does not add
-# rust-toolchain.toml's targets to an installed toolchain), componentize-py in .venv
-# (the Python example is built with it), and strace, which the crash tests use to
-# inject faults into the real runner. The tests also use unshare and mount
-# (util-linux) and run as root, for the PID 1 test and the tests on a full or read-only
-# file system.
+# What the test suite needs besides cargo:
+# - the wasm32-wasip2 target (rustup does not add rust-toolchain.toml's targets to an
+#   installed toolchain), for the guest components;
+# - the x86_64-unknown-linux-musl target and musl-gcc (musl-tools: wasmtime compiles a C
+#   file), for the static runner the container tests put in an image;
+# - componentize-py and kubernetes-validate in .venv: the Python example is built with
+#   the first, deploy/'s manifests are checked against the Kubernetes API schema with
+#   the second;
+# - strace, which the crash tests use to inject faults into the real runner;
+# - buildah, umoci and runc, which build the image, unpack it and run it as a container.
+# The tests also use unshare and mount (util-linux) and run as root, for the PID 1 test,
+# the containers and the tests on a full or read-only file system.
 set -eu
 cd "$(dirname "$0")/.."
-rustup target add wasm32-wasip2
+rustup target add wasm32-wasip2 x86_64-unknown-linux-musl
 componentize_py=0.25.1
-if ! .venv/bin/componentize-py --version 2>/dev/null | grep -qx "componentize-py $componentize_py"; then
+kubernetes_validate=1.37.0
+if ! .venv/bin/componentize-py --version 2>/dev/null | grep -qx "componentize-py $componentize_py" ||
+    ! .venv/bin/kubernetes-validate --version 2>/dev/null | grep -q "$kubernetes_validate"; then
     python3 -m venv .venv
-    .venv/bin/pip install --quiet --disable-pip-version-check "componentize-py==$componentize_py"
+    .venv/bin/pip install --quiet --disable-pip-version-check \
+        "componentize-py==$componentize_py" "kubernetes-validate==$kubernetes_validate"
 fi
-if ! command -v strace >/dev/null 2>&1; then
+missing=""
+for tool in strace:strace musl-gcc:musl-tools runc:runc umoci:umoci buildah:buildah; do
+    command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool#*:}"
+done
+if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && apt-get install -y -qq strace
+        apt-get update -qq && apt-get install -y -qq $missing
     else
-        echo "the tests need strace: install it (Debian: apt-get install strace)" >&2
+        echo "the tests need:$missing; install them (Debian: apt-get install$missing)" >&2
         exit 1
     fi
 fi

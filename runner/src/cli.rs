@@ -2,7 +2,7 @@
 //! [`RunConfig`] that holds only valid, ready-to-use values.
 
 use std::env;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::checkpoint::JobId;
+use crate::log::LogFormat;
 use crate::outcome::EXIT_CODES;
 
 /// Runs a batch job compiled to a WebAssembly component, and stops it cleanly.
@@ -33,6 +34,18 @@ pub struct Cli {
     /// Inspect or remove a job's state instead of running a job.
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    /// How the runner's own lines on stderr look: `text` (`runner: ...`; on a terminal
+    /// the job's progress shows as a bar) or `json` (one JSON object per line, with
+    /// timestamp, level, message and fields).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "RUNNER_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    pub log_format: LogFormat,
 
     /// How to run the job.
     #[command(flatten)]
@@ -124,7 +137,8 @@ pub struct RunArgs {
 
     /// The job's identity: runs with the same id share (and resume from) one checkpoint.
     /// Letters, digits, '.', '_' and '-'. Default: the job file's name without its
-    /// extension.
+    /// extension, followed by `-INDEX` when $JOB_COMPLETION_INDEX is set (in a Kubernetes
+    /// Indexed Job each index is its own job).
     #[arg(long, value_name = "ID")]
     pub job_id: Option<String>,
 
@@ -148,6 +162,13 @@ pub struct RunArgs {
     /// A damaged or outdated entry is ignored and replaced.
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
+
+    /// Where to write the run's summary when the runner exits: one JSON object of at most
+    /// 4096 bytes (outcome, exit code, stop reason, checkpoint sequence, last progress,
+    /// run time). Default: /dev/termination-log, where Kubernetes reads a container's
+    /// termination message, when it exists and is writable.
+    #[arg(long, value_name = "PATH", env = "RUNNER_TERMINATION_LOG")]
+    pub termination_log: Option<PathBuf>,
 
     /// Do not use the compiled-job cache: compile the job on every run.
     #[arg(long, conflicts_with = "cache_dir")]
@@ -246,7 +267,7 @@ impl RunArgs {
 
         let job_id = match self.job_id {
             Some(id) => JobId::new(&id).context("invalid --job-id")?,
-            None => default_job_id(&job)?,
+            None => default_job_id(&job, env::var_os("JOB_COMPLETION_INDEX").as_deref())?,
         };
         let state_dir = match self.state_dir {
             Some(dir) => dir,
@@ -291,10 +312,24 @@ impl RunArgs {
     }
 }
 
-fn default_job_id(job: &Path) -> Result<JobId> {
+/// The job file's name without its extension, and `-INDEX` in an Indexed Job (`index`:
+/// $JOB_COMPLETION_INDEX).
+fn default_job_id(job: &Path, index: Option<&OsStr>) -> Result<JobId> {
     let stem = job.file_stem().and_then(|stem| stem.to_str()).unwrap_or("");
-    JobId::new(stem).with_context(|| {
-        format!("cannot use the job file's name `{stem}` as its id: pass --job-id",)
+    let id = match index.filter(|index| !index.is_empty()) {
+        None => stem.to_owned(),
+        Some(index) => match index.to_str() {
+            Some(index) if index.bytes().all(|byte| byte.is_ascii_digit()) => {
+                format!("{stem}-{index}")
+            }
+            _ => bail!(
+                "JOB_COMPLETION_INDEX `{}` is not a number: unset it, or pass --job-id",
+                index.to_string_lossy()
+            ),
+        },
+    };
+    JobId::new(&id).with_context(|| {
+        format!("cannot use the job file's name `{stem}` as its id: pass --job-id")
     })
 }
 
@@ -415,6 +450,20 @@ mod tests {
             .expect("valid");
         assert_eq!(config.args, ["my-job.wasm", "a"]);
         assert_eq!(config.job_id.as_str(), "my-job");
+    }
+
+    #[test]
+    fn an_indexed_job_s_index_is_part_of_its_default_id() {
+        let id = |index: Option<&str>| {
+            default_job_id(Path::new("/jobs/primes.wasm"), index.map(OsStr::new))
+                .map(|id| id.as_str().to_owned())
+                .map_err(|error| format!("{error:#}"))
+        };
+        assert_eq!(id(None).as_deref(), Ok("primes"));
+        assert_eq!(id(Some("")).as_deref(), Ok("primes"));
+        assert_eq!(id(Some("7")).as_deref(), Ok("primes-7"));
+        let error = id(Some("7; rm")).expect_err("not a number");
+        assert!(error.contains("JOB_COMPLETION_INDEX `7; rm`"), "{error}");
     }
 
     #[test]

@@ -7,11 +7,10 @@
 // Stdout belongs to the job: everything the runner says goes to stderr.
 #![warn(clippy::print_stdout)]
 
-/// Prints one line on stderr, prefixed `runner: `, ignoring errors: a broken stderr (a
-/// terminal that hung up) must not panic the signal task or the deadline thread.
+/// Logs one line: `runner: ...` on stderr, or a JSON object (see [`log`]).
 macro_rules! say {
     ($($arg:tt)*) => {
-        $crate::print_line(format_args!($($arg)*))
+        ::tracing::info!($($arg)*)
     };
 }
 
@@ -20,10 +19,12 @@ pub mod checkpoint;
 pub mod cli;
 pub mod engine;
 pub mod host;
+pub mod log;
 pub mod outcome;
 pub mod shutdown;
 pub mod signals;
 pub mod state;
+pub mod summary;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -40,21 +41,21 @@ use crate::cli::RunConfig;
 use crate::host::{JobOutcome, JobState, RunnerClock, Saves};
 pub use crate::outcome::Outcome;
 use crate::shutdown::{Shutdown, StopReason};
+use crate::summary::RunStatus;
 
-/// Writes `runner: ` and `message` as one line on stderr; see `say!`.
-pub fn print_line(message: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let _ = writeln!(std::io::stderr().lock(), "runner: {message}");
-}
-
-/// Runs the job `config` describes, stopped through `shutdown`.
-pub async fn run(config: RunConfig, shutdown: Arc<Shutdown>) -> Outcome {
-    execute(config, shutdown)
+/// Runs the job `config` describes, stopped through `shutdown`, keeping what the summary
+/// needs in `status`.
+pub async fn run(config: RunConfig, shutdown: Arc<Shutdown>, status: Arc<RunStatus>) -> Outcome {
+    execute(config, shutdown, status)
         .await
         .unwrap_or_else(Outcome::Failed)
 }
 
-async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> {
+async fn execute(
+    config: RunConfig,
+    shutdown: Arc<Shutdown>,
+    status: Arc<RunStatus>,
+) -> Result<Outcome> {
     // The state directory first: it is the cheapest check and the one most often wrong.
     let job_dir = JobDir::new(&config.state_dir, &config.job_id);
     job_dir
@@ -99,6 +100,7 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
     };
 
     if let Some(record) = &loaded.record {
+        status.checkpointed(record.sequence);
         say!(
             "resuming job `{}` from checkpoint {} in `{}`",
             config.job_id,
@@ -121,6 +123,7 @@ async fn execute(config: RunConfig, shutdown: Arc<Shutdown>) -> Result<Outcome> 
             wasi,
             clock_zero,
             shutdown.clone(),
+            status,
             Saves {
                 store: Arc::new(store),
                 output,
@@ -352,8 +355,15 @@ fn classify_error(error: wasmtime::Error, shutdown: &Shutdown) -> Outcome {
 
 fn wasi_context(config: &RunConfig, clock_zero: Instant) -> Result<WasiCtx> {
     let mut wasi = WasiCtxBuilder::new();
-    wasi.inherit_stdio()
-        .args(&config.args)
+    wasi.inherit_stdio();
+    // Output to the terminal the progress bar is drawn on goes around the bar.
+    if log::bar_allowed() {
+        wasi.stderr(log::JobOutput::Stderr);
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            wasi.stdout(log::JobOutput::Stdout);
+        }
+    }
+    wasi.args(&config.args)
         .envs(&config.env)
         .monotonic_clock(RunnerClock::new(clock_zero));
     for dir in config.dirs.iter().chain(&config.output) {

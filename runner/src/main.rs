@@ -1,46 +1,18 @@
-//! `runner`: parse, run, map the outcome to an exit code. Nothing else.
+//! `runner`: parse, run, report the outcome and map it to an exit code. Nothing else.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use runner::cli::{Cli, Command, CompileArgs, StateCommand};
 use runner::shutdown::Shutdown;
+use runner::summary::{Report, RunStatus, TerminationLog};
 use runner::{Outcome, signals};
 
 fn main() -> ExitCode {
     // Before anything else, even the runtime: a stop signal from now on waits for its
     // handler instead of killing the runner.
-    let held = match signals::hold() {
-        Ok(held) => held,
-        Err(error) => {
-            return report(Outcome::Failed(anyhow::anyhow!(
-                "cannot block signals until their handlers exist: {error}"
-            )));
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            return report(Outcome::Failed(anyhow::anyhow!(
-                "cannot start the async runtime: {error}"
-            )));
-        }
-    };
-    // Handlers before anything else: as PID 1, a signal with no handler is dropped.
-    let installed = runtime
-        .block_on(async { signals::install() })
-        .and_then(|signals| held.release().map(|()| signals));
-    let signals = match installed {
-        Ok(signals) => signals,
-        Err(error) => {
-            return report(Outcome::Failed(anyhow::anyhow!(
-                "cannot install signal handlers: {error}"
-            )));
-        }
-    };
+    let held = signals::hold();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
@@ -49,23 +21,63 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
         }
     };
+    runner::log::init(cli.log_format);
+    // The run's status and summary exist from here, so that even a run that fails
+    // before its job starts leaves a summary.
+    let status = Arc::new(RunStatus::default());
+    let report = Arc::new(Report::new(
+        Arc::clone(&status),
+        TerminationLog::new(cli.run.termination_log.clone()),
+    ));
+    let fail = |error: anyhow::Error| ExitCode::from(report.finish(&Outcome::Failed(error), None));
+
+    let held = match held {
+        Ok(held) => held,
+        Err(error) => {
+            return fail(anyhow::anyhow!(
+                "cannot block signals until their handlers exist: {error}"
+            ));
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(anyhow::anyhow!("cannot start the async runtime: {error}")),
+    };
+    // Handlers before anything else: as PID 1, a signal with no handler is dropped.
+    let installed = runtime
+        .block_on(async { signals::install() })
+        .and_then(|signals| held.release().map(|()| signals));
+    let signals = match installed {
+        Ok(signals) => signals,
+        Err(error) => return fail(anyhow::anyhow!("cannot install signal handlers: {error}")),
+    };
     match cli.command {
         Some(Command::State(command)) => return state_command(command),
         Some(Command::Compile(args)) => return compile_command(&args),
         None => {}
     }
-    let outcome = match cli.run.validate() {
-        Ok(config) => {
-            let shutdown = Shutdown::new(config.grace);
-            runtime.spawn(signals::forward(signals, shutdown.clone()));
-            runtime.block_on(runner::run(config, shutdown))
-        }
-        Err(error) => Outcome::Failed(error),
+    let config = match cli.run.validate() {
+        Ok(config) => config,
+        Err(error) => return fail(error),
     };
+    report.set_job_id(config.job_id.as_str());
+    let shutdown = Shutdown::new(config.grace);
+    shutdown.on_stuck_exit({
+        let report = Arc::clone(&report);
+        move |outcome| {
+            report.finish(outcome, None);
+        }
+    });
+    runtime.spawn(signals::forward(signals, shutdown.clone()));
+    let outcome = runtime.block_on(runner::run(config, shutdown.clone(), status));
     // Do not wait for blocked work (a read of stdin, a commit cut off by a forced stop):
     // whatever it was, the job's committed state is already whole.
     runtime.shutdown_background();
-    report(outcome)
+    let asked = shutdown.current().map(|request| request.reason);
+    ExitCode::from(report.finish(&outcome, asked))
 }
 
 fn state_command(command: StateCommand) -> ExitCode {
@@ -83,8 +95,8 @@ fn state_command(command: StateCommand) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => match error.downcast::<runner::state::Owned>() {
-            Ok(owned) => report(Outcome::Locked(owned.0)),
-            Err(error) => report(Outcome::Failed(error)),
+            Ok(owned) => say(Outcome::Locked(owned.0)),
+            Err(error) => say(Outcome::Failed(error)),
         },
     }
 }
@@ -92,20 +104,22 @@ fn state_command(command: StateCommand) -> ExitCode {
 fn compile_command(args: &CompileArgs) -> ExitCode {
     match runner::engine::compile_to_file(&args.job, &args.output) {
         Ok(bytes) => {
-            runner::print_line(format_args!(
+            tracing::info!(
                 "compiled `{}` to `{}` ({bytes} bytes)",
                 args.job.display(),
                 args.output.display()
-            ));
+            );
             ExitCode::SUCCESS
         }
-        Err(error) => report(Outcome::Failed(error)),
+        Err(error) => say(Outcome::Failed(error)),
     }
 }
 
-fn report(outcome: Outcome) -> ExitCode {
+/// The end of a subcommand: its error on stderr, and its exit code. Subcommands write no
+/// termination log: they are not runs.
+fn say(outcome: Outcome) -> ExitCode {
     if let Some(message) = outcome.message() {
-        runner::print_line(format_args!("{message}"));
+        tracing::error!("{message}");
     }
     ExitCode::from(outcome.exit_code())
 }

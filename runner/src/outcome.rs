@@ -62,6 +62,20 @@ impl Outcome {
         }
     }
 
+    /// The outcome's name in the run's summary.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Outcome::Completed => "completed",
+            Outcome::Suspended => "suspended",
+            Outcome::JobFailed(_) => "job-error",
+            Outcome::Forced(_) => "stopped-by-force",
+            Outcome::Trapped(_) => "trapped",
+            Outcome::Exited(_) => "exited",
+            Outcome::Locked(_) => "locked",
+            Outcome::Failed(_) => "error",
+        }
+    }
+
     /// The line the runner prints on stderr when the run ends, if any.
     pub fn message(&self) -> Option<String> {
         match self {

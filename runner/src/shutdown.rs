@@ -16,7 +16,7 @@
 //! already under way, and a signal after it is only noted (the next one forces).
 
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -58,6 +58,17 @@ impl StopReason {
             StopReason::Fenced => "another runner took the job over",
         }
     }
+
+    /// The reason's name in the run's summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Terminate => "SIGTERM",
+            StopReason::Interrupt => "SIGINT",
+            StopReason::Hangup => "SIGHUP",
+            StopReason::Timeout => "timeout",
+            StopReason::Fenced => "fenced",
+        }
+    }
 }
 
 /// A request to stop the job.
@@ -95,7 +106,12 @@ pub struct Shutdown {
     state: watch::Sender<Option<Request>>,
     /// The engine whose epoch a forced stop bumps, once the job's engine exists.
     engine: Mutex<Option<Engine>>,
+    /// What the watchdog does with the outcome before it exits the process.
+    on_stuck_exit: OnceLock<StuckExit>,
 }
+
+/// See [`Shutdown::on_stuck_exit`].
+type StuckExit = Arc<dyn Fn(&Outcome) + Send + Sync>;
 
 impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -113,7 +129,15 @@ impl Shutdown {
             grace,
             state: watch::Sender::new(None),
             engine: Mutex::new(None),
+            on_stuck_exit: OnceLock::new(),
         })
+    }
+
+    /// Has the watchdog, when it exits the process because a job did not stop after a
+    /// forced stop, call `report` with the outcome first (to print and record it). Only
+    /// the first call counts.
+    pub fn on_stuck_exit(&self, report: impl Fn(&Outcome) + Send + Sync + 'static) {
+        let _ = self.on_stuck_exit.set(Arc::new(report));
     }
 
     /// The current request, if the job was asked to stop.
@@ -294,11 +318,12 @@ impl Shutdown {
         // The store's epoch deadline is one tick past the epoch it was created at, so
         // one bump makes the job trap at its next epoch check.
         engine.increment_epoch();
+        let report = self.on_stuck_exit.get().cloned();
         let watchdog = std::thread::Builder::new()
             .name("runner-watchdog".into())
             .spawn(move || {
                 std::thread::sleep(FORCED_EXIT_AFTER);
-                exit_stuck(reason)
+                exit_stuck(reason, report)
             });
         if let Err(error) = watchdog {
             say!("cannot start the watchdog thread: {error}");
@@ -348,13 +373,17 @@ impl Shutdown {
     clippy::exit,
     reason = "the main thread is stuck in the job's host call and cannot return"
 )]
-fn exit_stuck(reason: StopReason) -> ! {
-    let code = Outcome::Forced(reason).exit_code();
+fn exit_stuck(reason: StopReason, report: Option<StuckExit>) -> ! {
+    let outcome = Outcome::Forced(reason);
+    let code = outcome.exit_code();
     say!(
         "the job did not stop within {} of being stopped by force (it is blocked in a call \
          that cannot be cancelled): exiting {code}; its last checkpoint stands",
         format_duration(FORCED_EXIT_AFTER)
     );
+    if let Some(report) = report {
+        report(&outcome);
+    }
     std::process::exit(i32::from(code))
 }
 

@@ -4,8 +4,11 @@
 //! outer build holds the lock on the workspace's.
 
 use std::env;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
+
+#[path = "../nested_cargo.rs"]
+mod nested_cargo;
 
 /// (package, artifact file name, constant name)
 const GUESTS: &[(&str, &str, &str)] = &[
@@ -31,50 +34,19 @@ const PYTHON_GUESTS: &[(&str, &str, &str)] = &[
 ];
 
 fn main() {
-    let manifest_dir =
-        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let workspace = manifest_dir
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root");
-    for watched in ["guest-sdk", "examples", "tests/jobs", "wit", "Cargo.lock"] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(watched).display()
-        );
-    }
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let target_dir = out_dir.join("target");
+    let nested_cargo::Nested {
+        workspace,
+        out_dir,
+        target_dir,
+    } = nested_cargo::Nested::new(&["guest-sdk", "examples", "tests/jobs", "wit", "Cargo.lock"]);
 
     check_target_installed();
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(&workspace)
-        .args([
-            "build",
-            "--release",
-            "--locked",
-            "--target",
-            "wasm32-wasip2",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir);
+    let mut command = nested_cargo::build(&workspace, "wasm32-wasip2", &target_dir);
+    command.arg("--release");
     let mut packages: Vec<&str> = GUESTS.iter().map(|(package, _, _)| *package).collect();
     packages.dedup();
     for package in packages {
         command.args(["-p", package]);
-    }
-    // The outer build's settings are for the host: do not pass them to the guests.
-    for var in [
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTFLAGS",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_PRIMARY_PACKAGE",
-    ] {
-        command.env_remove(var);
     }
     let status = command
         .status()

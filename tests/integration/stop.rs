@@ -200,8 +200,11 @@ fn a_job_stuck_in_a_call_that_cannot_be_cancelled_is_left_behind_after_the_deadl
     // in a synchronous write that neither the epoch nor cancellation can interrupt.
     let sandbox = Sandbox::new();
     let (unread, stdout) = std::io::pipe().expect("pipe");
+    let log = sandbox.path().join("termination-log");
     let child = sandbox
         .runner()
+        .arg("--termination-log")
+        .arg(&log)
         .args(["--grace", "1s", TESTJOB, "flood"])
         .stdin(Stdio::null())
         .stdout(stdout)
@@ -230,6 +233,13 @@ fn a_job_stuck_in_a_call_that_cannot_be_cancelled_is_left_behind_after_the_deadl
         signalled.elapsed()
     );
     assert!(stderr.contains("did not stop within 2s"), "{stderr}");
+    // The watchdog that exits leaves the run's summary too.
+    let summary = std::fs::read_to_string(&log).expect("a summary");
+    assert!(
+        summary.contains(r#""outcome":"stopped-by-force","exit_code":143"#)
+            && summary.contains(r#""checkpoint_sequence":1"#),
+        "{summary}"
+    );
     assert_eq!(
         sandbox
             .checkpoint("testjob")

@@ -149,7 +149,10 @@ pub fn bare_runner() -> Command {
     command
         .env_remove("RUNNER_GRACE")
         .env_remove("RUNNER_STATE_DIR")
-        .env_remove("RUNNER_CACHE_DIR");
+        .env_remove("RUNNER_CACHE_DIR")
+        .env_remove("RUNNER_LOG_FORMAT")
+        .env_remove("RUNNER_TERMINATION_LOG")
+        .env_remove("JOB_COMPLETION_INDEX");
     command
 }
 

@@ -14,6 +14,7 @@ use crate::checkpoint::format::Digest;
 use crate::checkpoint::output::OutputDir;
 use crate::checkpoint::{MAX_STATE_LEN, Record, Store, StoreError};
 use crate::shutdown::Shutdown;
+use crate::summary::RunStatus;
 
 /// The checkpoint host: the checkpoint thread, and the last committed record.
 #[derive(Debug)]
@@ -31,13 +32,15 @@ type Commit = (Record, oneshot::Sender<(Record, Result<(), StoreError>)>);
 impl Checkpoints {
     /// Starts the checkpoint thread. Commits run there, one at a time and in order, off
     /// the runtime's threads (fsync blocks); one thread, so that the store's system
-    /// calls form one sequence (the crash tests count them).
+    /// calls form one sequence (the crash tests count them). The thread notes each
+    /// commit in `status` as it lands, even one the job no longer waits for.
     pub(super) fn new(
         store: Arc<dyn Store>,
         output: Option<OutputDir>,
         module_digest: Digest,
         shutdown: Arc<Shutdown>,
         committed: Option<Record>,
+        status: Arc<RunStatus>,
     ) -> anyhow::Result<Self> {
         let (writer, commits) = mpsc::channel::<Commit>();
         let fence = store.fence();
@@ -46,6 +49,9 @@ impl Checkpoints {
             .spawn(move || {
                 for (mut record, done) in commits {
                     let committed = commit(&*store, output.as_ref(), &mut record);
+                    if matches!(committed, Ok(()) | Err(StoreError::NotDurable(_))) {
+                        status.checkpointed(record.sequence);
+                    }
                     // The job may have been stopped meanwhile: nobody waits any more.
                     let _ = done.send((record, committed));
                 }

@@ -19,6 +19,7 @@ use crate::checkpoint::format::Digest;
 use crate::checkpoint::output::OutputDir;
 use crate::checkpoint::{Record, Store};
 use crate::shutdown::Shutdown;
+use crate::summary::RunStatus;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -73,11 +74,13 @@ impl std::fmt::Debug for JobState {
 
 impl JobState {
     /// The state of a job that sees `wasi` (built with a [`RunnerClock`] started at
-    /// `clock_zero`) and is stopped through `shutdown`.
+    /// `clock_zero`), is stopped through `shutdown`, and notes its checkpoints and
+    /// progress in `status`.
     pub fn new(
         wasi: WasiCtx,
         clock_zero: Instant,
         shutdown: Arc<Shutdown>,
+        status: Arc<RunStatus>,
         saves: Saves,
     ) -> anyhow::Result<Self> {
         Ok(JobState {
@@ -90,8 +93,9 @@ impl JobState {
                 saves.module_digest,
                 shutdown,
                 saves.committed,
+                Arc::clone(&status),
             )?,
-            progress: Progress::default(),
+            progress: Progress::new(status),
         })
     }
 

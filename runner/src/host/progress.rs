@@ -1,20 +1,32 @@
-//! `runner:job/progress`: the job's progress reports, shown on stderr now and then.
+//! `runner:job/progress`: the job's progress reports, shown on a bar on a terminal, else
+//! as a log line now and then.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::bindings::runner::job::progress::Host;
+use crate::summary::RunStatus;
 
-/// At most one progress line on stderr per interval, however often the job reports.
-const SHOW_EVERY: Duration = Duration::from_secs(10);
+/// At most one progress line per interval, however often the job reports.
+const SHOW_EVERY: Duration = Duration::from_secs(5);
 
 /// The latest report, and when one was last shown.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Progress {
     latest: Option<(u64, Option<u64>)>,
     last_shown: Option<Instant>,
+    status: Arc<RunStatus>,
 }
 
 impl Progress {
+    pub(super) fn new(status: Arc<RunStatus>) -> Self {
+        Progress {
+            latest: None,
+            last_shown: None,
+            status,
+        }
+    }
+
     /// The latest report as text, such as `1200/5000 (24.0%)`.
     pub fn latest(&self) -> Option<String> {
         let (done, total) = self.latest?;
@@ -32,6 +44,10 @@ impl Progress {
 impl Host for Progress {
     fn report(&mut self, done: u64, total: Option<u64>) -> wasmtime::Result<()> {
         self.latest = Some((done, total));
+        self.status.progressed(done, total);
+        if crate::log::show_progress(done, total) {
+            return Ok(());
+        }
         let now = Instant::now();
         if self
             .last_shown
@@ -39,7 +55,7 @@ impl Host for Progress {
         {
             self.last_shown = Some(now);
             if let Some(text) = self.latest() {
-                say!("progress {text}");
+                say!(done, total, "progress {text}");
             }
         }
         Ok(())

@@ -1,0 +1,216 @@
+//! What the runner says on stderr: log lines, readable (`runner: ...`) or one JSON object
+//! per line (`--log-format json`), and, on a terminal, a progress bar that shows the
+//! job's progress reports.
+//!
+//! Lines are `tracing` events of the `runner` crate; other crates' events (wasmtime's)
+//! are not shown. Stdout belongs to the job and is never written here.
+
+use std::io::{self, IsTerminal as _, Write as _};
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::{FmtSpan, Writer};
+use tracing_subscriber::layer::{Layer as _, SubscriberExt as _};
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `runner: message`, one line each; the job's progress as a bar on a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line: timestamp, level, message and the event's fields.
+    Json,
+}
+
+/// Whether progress reports may draw a bar: text logs on a terminal.
+static BAR_ALLOWED: AtomicBool = AtomicBool::new(false);
+/// The bar, once the job has reported progress.
+static BAR: OnceLock<ProgressBar> = OnceLock::new();
+
+/// Installs the logger. Call once, before anything is logged: earlier events are lost.
+pub fn init(format: LogFormat) {
+    let only_ours = Targets::new().with_target("runner", Level::INFO);
+    let installed = match format {
+        LogFormat::Text => {
+            BAR_ALLOWED.store(io::stderr().is_terminal(), Ordering::Relaxed);
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(Stderr)
+                .log_internal_errors(false)
+                .with_span_events(FmtSpan::NONE)
+                .without_time()
+                .with_level(false)
+                .with_target(false)
+                .with_ansi(false)
+                .fmt_fields(tracing_subscriber::fmt::format::debug_fn(
+                    |writer: &mut Writer<'_>, field, value| {
+                        // The message only: other fields are for JSON readers.
+                        if field.name() == "message" {
+                            write!(writer, "runner: {value:?}")
+                        } else {
+                            Ok(())
+                        }
+                    },
+                ));
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(layer.with_filter(only_ours)),
+            )
+        }
+        LogFormat::Json => {
+            let layer = tracing_subscriber::fmt::layer()
+                .with_writer(Stderr)
+                .log_internal_errors(false)
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_target(false);
+            tracing::subscriber::set_global_default(
+                tracing_subscriber::registry().with(layer.with_filter(only_ours)),
+            )
+        }
+    };
+    // Only a second call fails, and then the first logger stands.
+    let _ = installed;
+}
+
+/// Whether the job's progress may show as a bar: then the job's stdout and stderr must
+/// be [`JobOutput`]s, so that what the job writes is not written into the bar.
+pub fn bar_allowed() -> bool {
+    BAR_ALLOWED.load(Ordering::Relaxed)
+}
+
+/// Shows a progress report on the bar, if the runner draws one; `false`: the caller logs
+/// it as a line instead.
+pub fn show_progress(done: u64, total: Option<u64>) -> bool {
+    if !bar_allowed() {
+        return false;
+    }
+    let bar = BAR.get_or_init(|| {
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        let template = match total {
+            Some(_) => "runner: {wide_bar} {pos}/{len} ({percent}%) eta {eta}",
+            None => "runner: {spinner} {pos} done, {elapsed} elapsed",
+        };
+        if let Ok(style) = ProgressStyle::with_template(template) {
+            bar.set_style(style);
+        }
+        bar
+    });
+    if let Some(total) = total {
+        bar.set_length(total);
+    }
+    bar.set_position(done);
+    true
+}
+
+/// Removes the bar, if any, for the lines that end the run (which repeat the last
+/// progress report when the job did not complete).
+pub fn finish_progress() {
+    if let Some(bar) = BAR.get() {
+        bar.finish_and_clear();
+    }
+}
+
+/// Runs `write` with the bar, if one is drawn, cleared meanwhile and drawn again after.
+fn around_bar<T>(write: impl FnOnce() -> T) -> T {
+    match BAR.get() {
+        Some(bar) if !bar.is_finished() => bar.suspend(write),
+        _ => write(),
+    }
+}
+
+/// The job's stdout or stderr when a progress bar may be drawn: each write clears the bar
+/// and draws it again below what was written, so that the job's lines scroll above the
+/// bar instead of being written into it.
+#[derive(Debug, Clone, Copy)]
+pub enum JobOutput {
+    /// The runner's stdout.
+    Stdout,
+    /// The runner's stderr.
+    Stderr,
+}
+
+impl JobOutput {
+    fn write(self, bytes: &[u8]) -> io::Result<()> {
+        let write = || match self {
+            // Flushed at once: the bar is drawn again right after.
+            JobOutput::Stdout => {
+                let mut stdout = io::stdout().lock();
+                stdout.write_all(bytes).and_then(|()| stdout.flush())
+            }
+            JobOutput::Stderr => io::stderr().lock().write_all(bytes),
+        };
+        around_bar(write)
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for JobOutput {
+    fn is_terminal(&self) -> bool {
+        match self {
+            JobOutput::Stdout => io::IsTerminal::is_terminal(&io::stdout()),
+            JobOutput::Stderr => io::IsTerminal::is_terminal(&io::stderr()),
+        }
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for JobOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(*self)
+    }
+}
+
+impl tokio::io::AsyncWrite for JobOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        bytes: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.write(bytes).map(|()| bytes.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(match *self {
+            JobOutput::Stdout => io::stdout().flush(),
+            JobOutput::Stderr => io::stderr().flush(),
+        })
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The writer of log lines: stderr, with the bar (if any) cleared while a line is
+/// written, and errors ignored: a broken stderr (a terminal that hung up) must not panic
+/// the signal task or the deadline thread.
+struct Stderr;
+
+impl<'a> MakeWriter<'a> for Stderr {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line
+    }
+}
+
+/// One log line on its way to stderr.
+struct Line;
+
+impl io::Write for Line {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        around_bar(|| {
+            let _ = io::stderr().lock().write_all(line);
+        });
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,311 @@
+//! The run's summary, written when the runner exits: one JSON object, at most
+//! [`MAX_LEN`] bytes, in the termination log (`--termination-log`). Kubernetes shows that
+//! file as the container's termination message (`kubectl describe pod`,
+//! `.status.containerStatuses[].state.terminated.message`), so whoever looks at a
+//! stopped job sees what happened without its logs.
+//!
+//! ```json
+//! {"outcome":"suspended","exit_code":75,"stop_reason":"SIGTERM","job_id":"primes",
+//!  "checkpoint_sequence":12,"progress":{"done":5200000,"total":70000000},
+//!  "run_time_seconds":12.345,"message":"job suspended: ..."}
+//! ```
+
+use std::fs::OpenOptions;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::outcome::Outcome;
+use crate::shutdown::StopReason;
+
+/// Kubernetes keeps at most 4096 bytes of a termination message.
+pub const MAX_LEN: usize = 4096;
+
+/// Where Kubernetes reads the termination message from, unless the pod says otherwise.
+pub const DEFAULT_TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// What the runner learns about the run while it goes: updated by the host calls, read
+/// for the summary (also from the watchdog thread, while the job is stuck).
+#[derive(Debug)]
+pub struct RunStatus {
+    started: Instant,
+    /// The sequence number of the job's latest committed checkpoint; 0: none (sequences
+    /// start at 1).
+    checkpoint: AtomicU64,
+    /// The job's latest progress report.
+    progress: Mutex<Option<(u64, Option<u64>)>>,
+}
+
+impl Default for RunStatus {
+    fn default() -> Self {
+        RunStatus {
+            started: Instant::now(),
+            checkpoint: AtomicU64::new(0),
+            progress: Mutex::new(None),
+        }
+    }
+}
+
+impl RunStatus {
+    /// Notes that checkpoint `sequence` is the job's latest (loaded or committed).
+    pub fn checkpointed(&self, sequence: u64) {
+        self.checkpoint.fetch_max(sequence, Ordering::Relaxed);
+    }
+
+    /// The latest checkpoint's sequence number, if the job has one.
+    pub fn checkpoint(&self) -> Option<u64> {
+        Some(self.checkpoint.load(Ordering::Relaxed)).filter(|&sequence| sequence > 0)
+    }
+
+    /// Notes the job's latest progress report.
+    pub fn progressed(&self, done: u64, total: Option<u64>) {
+        *self.progress.lock().unwrap_or_else(PoisonError::into_inner) = Some((done, total));
+    }
+
+    /// The job's latest progress report.
+    pub fn progress(&self) -> Option<(u64, Option<u64>)> {
+        *self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Summary<'a> {
+    outcome: &'static str,
+    exit_code: u8,
+    /// What asked the job to stop (or forced it), if anything did.
+    stop_reason: Option<&'static str>,
+    job_id: Option<&'a str>,
+    checkpoint_sequence: Option<u64>,
+    progress: Option<Progress>,
+    run_time_seconds: f64,
+    message: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Progress {
+    done: u64,
+    total: Option<u64>,
+}
+
+/// The summary of a run that ended with `outcome`, as JSON of at most [`MAX_LEN`] bytes:
+/// a long message (a trap's backtrace) is cut short to fit.
+pub fn to_json(
+    outcome: &Outcome,
+    stop_reason: Option<StopReason>,
+    job_id: Option<&str>,
+    status: &RunStatus,
+) -> String {
+    let mut summary = Summary {
+        outcome: outcome.name(),
+        exit_code: outcome.exit_code(),
+        stop_reason: match outcome {
+            Outcome::Forced(reason) => Some(reason.name()),
+            _ => stop_reason.map(StopReason::name),
+        },
+        job_id,
+        checkpoint_sequence: status.checkpoint(),
+        progress: status
+            .progress()
+            .map(|(done, total)| Progress { done, total }),
+        // Milliseconds are enough, and keep the number short.
+        run_time_seconds: (status.started.elapsed().as_millis() as f64) / 1000.0,
+        message: outcome.message(),
+    };
+    // Serialising plain data into a String cannot fail.
+    let json = |summary: &Summary<'_>| serde_json::to_string(summary).unwrap_or_default();
+    let whole = json(&summary);
+    let Some(message) = summary.message.take().filter(|_| whole.len() > MAX_LEN) else {
+        return whole;
+    };
+    // The longest prefix of the message (whole characters) that fits with the marker.
+    const CUT: &str = " [...]";
+    let ends: Vec<usize> = message.char_indices().map(|(at, _)| at).collect();
+    let (mut fits, mut too_long) = (0, ends.len());
+    while too_long - fits > 1 {
+        let middle = (fits + too_long) / 2;
+        summary.message = Some(format!("{}{CUT}", &message[..ends[middle]]));
+        if json(&summary).len() <= MAX_LEN {
+            fits = middle;
+        } else {
+            too_long = middle;
+        }
+    }
+    summary.message = Some(format!("{}{CUT}", &message[..ends[fits]]));
+    json(&summary)
+}
+
+/// Where the summary goes.
+#[derive(Debug, Clone)]
+pub struct TerminationLog {
+    path: PathBuf,
+    /// Given with `--termination-log`: created if missing, and a failure is reported.
+    explicit: bool,
+}
+
+impl TerminationLog {
+    /// `path` if given, else [`DEFAULT_TERMINATION_LOG`] if it exists; `None`: no log.
+    pub fn new(path: Option<PathBuf>) -> Option<Self> {
+        match path {
+            Some(path) => Some(TerminationLog {
+                path,
+                explicit: true,
+            }),
+            None => Path::new(DEFAULT_TERMINATION_LOG)
+                .exists()
+                .then(|| TerminationLog {
+                    path: DEFAULT_TERMINATION_LOG.into(),
+                    explicit: false,
+                }),
+        }
+    }
+
+    /// Replaces the log's contents with `summary`. The default log is written only when
+    /// it is writable; a failure to write one given with `--termination-log` is reported.
+    pub fn write(&self, summary: &str) {
+        let written = OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .create(self.explicit)
+            .open(&self.path)
+            .and_then(|mut file| file.write_all(summary.as_bytes()));
+        if let Err(error) = written
+            && self.explicit
+        {
+            tracing::warn!(
+                "cannot write the run's summary to --termination-log `{}`: {error}",
+                self.path.display()
+            );
+        }
+    }
+}
+
+/// Ends a run: says how it ended on stderr and writes the summary to the termination
+/// log. Shared by the main thread and the watchdog (which exits for a job that does not
+/// stop); only the first to finish reports.
+#[derive(Debug)]
+pub struct Report {
+    status: Arc<RunStatus>,
+    log: Option<TerminationLog>,
+    job_id: OnceLock<String>,
+    reported: AtomicBool,
+}
+
+impl Report {
+    /// The report of a run that keeps its status in `status`.
+    pub fn new(status: Arc<RunStatus>, log: Option<TerminationLog>) -> Self {
+        Report {
+            status,
+            log,
+            job_id: OnceLock::new(),
+            reported: AtomicBool::new(false),
+        }
+    }
+
+    /// Names the job, once the command line says which it is.
+    pub fn set_job_id(&self, job_id: &str) {
+        let _ = self.job_id.set(job_id.to_owned());
+    }
+
+    /// Reports `outcome` (the job was asked to stop for `stop_reason`, if it was) and
+    /// returns the exit code.
+    pub fn finish(&self, outcome: &Outcome, stop_reason: Option<StopReason>) -> u8 {
+        if !self.reported.swap(true, Ordering::SeqCst) {
+            crate::log::finish_progress();
+            if let Some(message) = outcome.message() {
+                match outcome {
+                    Outcome::Suspended => tracing::info!("{message}"),
+                    Outcome::Forced(_) => tracing::warn!("{message}"),
+                    _ => tracing::error!("{message}"),
+                }
+            }
+            if let Some(log) = &self.log {
+                log.write(&to_json(
+                    outcome,
+                    stop_reason,
+                    self.job_id.get().map(String::as_str),
+                    &self.status,
+                ));
+            }
+        }
+        outcome.exit_code()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> serde_json::Value {
+        serde_json::from_str(json).expect("valid JSON")
+    }
+
+    #[test]
+    fn a_summary_says_what_happened() {
+        let status = RunStatus::default();
+        status.checkpointed(3);
+        status.checkpointed(2);
+        status.progressed(40, Some(100));
+        let json = to_json(
+            &Outcome::Suspended,
+            Some(StopReason::Terminate),
+            Some("primes"),
+            &status,
+        );
+        let summary = parse(&json);
+        assert_eq!(summary["outcome"], "suspended");
+        assert_eq!(summary["exit_code"], 75);
+        assert_eq!(summary["stop_reason"], "SIGTERM");
+        assert_eq!(summary["job_id"], "primes");
+        assert_eq!(summary["checkpoint_sequence"], 3);
+        assert_eq!(summary["progress"]["done"], 40);
+        assert_eq!(summary["progress"]["total"], 100);
+        assert!(summary["run_time_seconds"].as_f64().is_some());
+        assert!(
+            summary["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("suspended"))
+        );
+
+        let summary = parse(&to_json(
+            &Outcome::Forced(StopReason::Timeout),
+            Some(StopReason::Timeout),
+            None,
+            &RunStatus::default(),
+        ));
+        assert_eq!(summary["outcome"], "stopped-by-force");
+        assert_eq!(summary["exit_code"], 124);
+        assert_eq!(summary["stop_reason"], "timeout");
+        assert_eq!(summary["checkpoint_sequence"], serde_json::Value::Null);
+        assert_eq!(summary["progress"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn a_long_message_is_cut_to_fit() {
+        for message in [
+            "x".repeat(10_000),
+            "é\"\\\u{1}".repeat(3_000),
+            "\u{1}".repeat(5_000),
+        ] {
+            let json = to_json(
+                &Outcome::Trapped(message.clone()),
+                None,
+                Some("job"),
+                &RunStatus::default(),
+            );
+            assert!(json.len() <= MAX_LEN, "{} bytes", json.len());
+            assert!(
+                json.len() > MAX_LEN - 64,
+                "cut too much: {} bytes",
+                json.len()
+            );
+            let summary = parse(&json);
+            let kept = summary["message"].as_str().expect("a message");
+            assert!(kept.ends_with(" [...]"), "{kept}");
+            assert!(message.starts_with(&kept["job trapped: ".len()..kept.len() - 6]));
+        }
+    }
+}

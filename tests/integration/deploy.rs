@@ -1,0 +1,196 @@
+//! deploy/'s Kubernetes manifests: valid against the Kubernetes API schema (with
+//! kubernetes-validate, which ships the schemas; `tests/prerequisites.sh` installs it in
+//! .venv), and consistent with the runner: the grace period fits in the pod's, and the
+//! pod failure policy maps the runner's real exit codes.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use runner::Outcome;
+use runner::shutdown::StopReason;
+use serde_json::Value;
+
+use crate::util::Sandbox;
+
+const MANIFESTS: [&str; 2] = ["job.yaml", "indexed-job.yaml"];
+
+/// The oldest Kubernetes the manifests claim to need, and the newest schema we have.
+const VERSIONS: [&str; 2] = ["1.31.0", "1.37.0"];
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn venv(tool: &str) -> PathBuf {
+    let path = workspace().join(".venv/bin").join(tool);
+    assert!(
+        path.exists(),
+        "{} is missing: run `sh tests/prerequisites.sh`",
+        path.display()
+    );
+    path
+}
+
+/// Whether kubernetes-validate accepts `manifest` (strict: no unknown fields) for
+/// `version`, and what it said.
+fn validate(manifest: &Path, version: &str) -> (bool, String) {
+    let output = Command::new(venv("kubernetes-validate"))
+        .args(["--strict", "--no-warn", "-k", version])
+        .arg(manifest)
+        .output()
+        .expect("run kubernetes-validate");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
+}
+
+#[test]
+fn the_manifests_are_valid_kubernetes_objects() {
+    for manifest in MANIFESTS {
+        let path = workspace().join("deploy").join(manifest);
+        for version in VERSIONS {
+            let (valid, said) = validate(&path, version);
+            assert!(valid, "{manifest} against Kubernetes {version}:\n{said}");
+        }
+    }
+}
+
+#[test]
+fn the_validator_rejects_what_kubernetes_would() {
+    // So that the test above cannot pass by checking nothing: the same manifest with a
+    // misspelt field, and with a wrong type, is refused.
+    let sandbox = Sandbox::new();
+    let text = std::fs::read_to_string(workspace().join("deploy/job.yaml")).expect("job.yaml");
+    for (from, to) in [
+        ("podReplacementPolicy:", "podReplacementPolicyy:"),
+        ("backoffLimit: 3", "backoffLimit: three"),
+    ] {
+        assert!(text.contains(from));
+        let broken = sandbox.path().join("broken.yaml");
+        std::fs::write(&broken, text.replacen(from, to, 1)).expect("write");
+        let (valid, _) = validate(&broken, VERSIONS[1]);
+        assert!(!valid, "a manifest with `{to}` passed");
+    }
+}
+
+/// The Job objects in `manifest`, as JSON.
+fn jobs(manifest: &str) -> Vec<Value> {
+    let output = Command::new(venv("python"))
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps(list(yaml.safe_load_all(sys.stdin))))",
+        ])
+        .stdin(std::fs::File::open(workspace().join("deploy").join(manifest)).expect("open"))
+        .output()
+        .expect("run python");
+    assert!(output.status.success(), "{output:?}");
+    let objects: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+    objects
+        .into_iter()
+        .filter(|object| object["kind"] == "Job")
+        .collect()
+}
+
+fn codes(outcomes: &[Outcome]) -> BTreeSet<u64> {
+    outcomes
+        .iter()
+        .map(|outcome| u64::from(outcome.exit_code()))
+        .collect()
+}
+
+#[test]
+fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
+    let job_errors = codes(&[
+        Outcome::JobFailed(String::new()),
+        Outcome::Failed(anyhow::anyhow!("")),
+        Outcome::Trapped(String::new()),
+    ]);
+    let stopped = codes(&[
+        Outcome::Suspended,
+        Outcome::Forced(StopReason::Hangup),
+        Outcome::Forced(StopReason::Interrupt),
+        Outcome::Forced(StopReason::Terminate),
+    ]);
+    for manifest in MANIFESTS {
+        let jobs = jobs(manifest);
+        assert_eq!(jobs.len(), 1, "{manifest}");
+        let spec = &jobs[0]["spec"];
+        let pod = &spec["template"]["spec"];
+        assert_eq!(pod["restartPolicy"], "Never", "{manifest}");
+        assert_eq!(spec["podReplacementPolicy"], "Failed", "{manifest}");
+
+        // The runner's grace period, and the 2s a stuck job may take after it, end well
+        // before the kubelet's SIGKILL.
+        let container = &pod["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .map(|arg| arg.as_str().expect("a string"))
+            .collect();
+        let grace = args
+            .iter()
+            .find_map(|arg| arg.strip_prefix("--grace="))
+            .unwrap_or_else(|| panic!("{manifest}: no --grace in {args:?}"));
+        let grace = runner::cli::parse_duration(grace).expect("a duration");
+        let termination = pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("a number");
+        assert!(
+            grace.as_secs() + 5 <= termination,
+            "{manifest}: --grace {grace:?} leaves less than 5s of {termination}s"
+        );
+
+        // What the rules do with each exit code is what that code means.
+        let mut fail = BTreeSet::new();
+        let mut ignore = BTreeSet::new();
+        let mut ignores_disruptions = false;
+        for rule in spec["podFailurePolicy"]["rules"].as_array().expect("rules") {
+            let action = rule["action"].as_str().expect("an action");
+            if let Some(on) = rule.get("onExitCodes") {
+                assert_eq!(on["containerName"], container["name"], "{manifest}");
+                assert_eq!(on["operator"], "In", "{manifest}");
+                let values = on["values"].as_array().expect("values").iter();
+                let values = values.map(|value| value.as_u64().expect("a code"));
+                match action {
+                    "FailJob" | "FailIndex" => fail.extend(values),
+                    "Ignore" => ignore.extend(values),
+                    other => panic!("{manifest}: unexpected action {other}"),
+                }
+            } else {
+                assert_eq!(action, "Ignore");
+                assert_eq!(rule["onPodConditions"][0]["type"], "DisruptionTarget");
+                ignores_disruptions = true;
+            }
+        }
+        assert_eq!(fail, job_errors, "{manifest}: the codes that fail fast");
+        assert_eq!(ignore, stopped, "{manifest}: the codes of a stopped job");
+        assert!(ignores_disruptions, "{manifest}");
+        let mounts = container["volumeMounts"].as_array().expect("mounts");
+        assert!(
+            mounts.iter().any(|mount| mount["mountPath"] == "/state"),
+            "{manifest}: no volume for the state"
+        );
+    }
+
+    // Each index passes its number on to the job, which has as many shards as the Job
+    // has completions.
+    let indexed = &jobs("indexed-job.yaml")[0]["spec"];
+    assert_eq!(indexed["completionMode"], "Indexed");
+    let args = &indexed["template"]["spec"]["containers"][0]["args"];
+    let args: Vec<&str> = args
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--env=JOB_COMPLETION_INDEX"), "{args:?}");
+    assert_eq!(
+        args.last().and_then(|shards| shards.parse::<u64>().ok()),
+        indexed["completions"].as_u64()
+    );
+}
