@@ -109,14 +109,14 @@ impl Cache {
         match decode(engine, &record) {
             Ok((component, digest)) if digest == *module => Some(component),
             Ok(_) => {
-                say!(
+                tracing::warn!(
                     "ignoring the cached compiled job `{}`: it is another job's; compiling again",
                     path.display()
                 );
                 None
             }
             Err(error) => {
-                say!(
+                tracing::warn!(
                     "ignoring the cached compiled job `{}`: {error:#}; compiling again",
                     path.display()
                 );
@@ -132,7 +132,7 @@ impl Cache {
         if let Err(error) =
             encode(module, component).and_then(|record| write_atomically(&path, &record))
         {
-            say!(
+            tracing::warn!(
                 "cannot cache the compiled job in `{}`: {error:#}",
                 self.dir.display()
             );

@@ -151,8 +151,10 @@ pub struct RunArgs {
     pub output: Option<DirMapping>,
 
     /// How long to wait for the job's lock when another runner holds it (a pod still
-    /// terminating while its replacement starts), before giving up with exit 69. The
-    /// default outlasts Kubernetes' default 30s termination grace period.
+    /// terminating while its replacement starts), before giving up with exit 69. Keep it
+    /// longer than the grace period of the pod being replaced (Kubernetes'
+    /// terminationGracePeriodSeconds, 30s by default), unless the replacement only starts
+    /// once the old pod has exited (a Job's podReplacementPolicy: Failed).
     #[arg(long, value_name = "DURATION", env = "RUNNER_LOCK_TIMEOUT", default_value = "60s",
           value_parser = parse_duration)]
     pub lock_timeout: Duration,
@@ -166,7 +168,7 @@ pub struct RunArgs {
     /// Where to write the run's summary when the runner exits: one JSON object of at most
     /// 4096 bytes (outcome, exit code, stop reason, checkpoint sequence, last progress,
     /// run time). Default: /dev/termination-log, where Kubernetes reads a container's
-    /// termination message, when it exists and is writable.
+    /// termination message, when it exists and is writable; /dev/null writes none.
     #[arg(long, value_name = "PATH", env = "RUNNER_TERMINATION_LOG")]
     pub termination_log: Option<PathBuf>,
 

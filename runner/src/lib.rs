@@ -86,7 +86,7 @@ async fn execute(
     let claim = Claim::new(job_dir, lock, config.start_over)
         .with_context(|| format!("cannot load the state of job `{}`", config.job_id))?;
     for note in &claim.loaded.notes {
-        say!("{note}");
+        tracing::warn!("{note}");
     }
     // Before taking a fencing number, so that a refused run leaves no trace.
     restore_output(output.as_ref(), &claim.loaded, &config)?;

@@ -7,8 +7,8 @@
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -91,8 +91,13 @@ pub fn show_progress(done: u64, total: Option<u64>) -> bool {
     if !bar_allowed() {
         return false;
     }
+    let mut new = false;
     let bar = BAR.get_or_init(|| {
-        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+        new = true;
+        ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr())
+    });
+    // A bar with a total, or a count with none; a job may report its total later.
+    if new || bar.length().is_some() != total.is_some() {
         let template = match total {
             Some(_) => "runner: {wide_bar} {pos}/{len} ({percent}%) eta {eta}",
             None => "runner: {spinner} {pos} done, {elapsed} elapsed",
@@ -100,20 +105,23 @@ pub fn show_progress(done: u64, total: Option<u64>) -> bool {
         if let Ok(style) = ProgressStyle::with_template(template) {
             bar.set_style(style);
         }
-        bar
-    });
-    if let Some(total) = total {
-        bar.set_length(total);
+    }
+    match total {
+        Some(total) => bar.set_length(total),
+        None => bar.unset_length(),
     }
     bar.set_position(done);
     true
 }
 
 /// Removes the bar, if any, for the lines that end the run (which repeat the last
-/// progress report when the job did not complete).
+/// progress report when the job did not complete), and writes out what the job's output
+/// held back for it.
 pub fn finish_progress() {
     if let Some(bar) = BAR.get() {
         bar.finish_and_clear();
+        JobOutput::Stdout.release();
+        JobOutput::Stderr.release();
     }
 }
 
@@ -136,17 +144,60 @@ pub enum JobOutput {
     Stderr,
 }
 
+/// What the job wrote to each stream after its last newline, held back while the bar is
+/// drawn: the bar, drawn again after each write, would erase it. It goes out with the
+/// line's end, at 4 KiB, or when the bar goes.
+static PENDING: [Mutex<Vec<u8>>; 2] = [Mutex::new(Vec::new()), Mutex::new(Vec::new())];
+
+/// How much of a partial line is held back at most.
+const PENDING_MAX: usize = 4096;
+
 impl JobOutput {
+    fn pending(self) -> MutexGuard<'static, Vec<u8>> {
+        PENDING[self as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn write(self, bytes: &[u8]) -> io::Result<()> {
-        let write = || match self {
+        let mut pending = self.pending();
+        match BAR.get() {
+            Some(bar) if !bar.is_finished() => {
+                pending.extend_from_slice(bytes);
+                let whole = match pending.iter().rposition(|&byte| byte == b'\n') {
+                    Some(newline) => newline + 1,
+                    None if pending.len() >= PENDING_MAX => pending.len(),
+                    None => return Ok(()),
+                };
+                let lines: Vec<u8> = pending.drain(..whole).collect();
+                bar.suspend(|| self.write_out(&lines))
+            }
+            _ => {
+                let held = std::mem::take(&mut *pending);
+                self.write_out(&held)?;
+                self.write_out(bytes)
+            }
+        }
+    }
+
+    fn write_out(self, bytes: &[u8]) -> io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        match self {
             // Flushed at once: the bar is drawn again right after.
             JobOutput::Stdout => {
                 let mut stdout = io::stdout().lock();
                 stdout.write_all(bytes).and_then(|()| stdout.flush())
             }
             JobOutput::Stderr => io::stderr().lock().write_all(bytes),
-        };
-        around_bar(write)
+        }
+    }
+
+    /// Writes out what was held back.
+    fn release(self) {
+        let held = std::mem::take(&mut *self.pending());
+        let _ = self.write_out(&held);
     }
 }
 

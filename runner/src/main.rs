@@ -18,6 +18,9 @@ fn main() -> ExitCode {
         Err(error) => {
             // --help and --version exit 0, usage errors 2.
             let _ = error.print();
+            if error.use_stderr() {
+                runner::summary::usage_error(&error.render().to_string());
+            }
             return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
         }
     };
@@ -29,7 +32,8 @@ fn main() -> ExitCode {
         Arc::clone(&status),
         TerminationLog::new(cli.run.termination_log.clone()),
     ));
-    let fail = |error: anyhow::Error| ExitCode::from(report.finish(&Outcome::Failed(error), None));
+    let fail =
+        |error: anyhow::Error| ExitCode::from(report.finish(&Outcome::Failed(error), None, None));
 
     let held = match held {
         Ok(held) => held,
@@ -67,9 +71,7 @@ fn main() -> ExitCode {
     let shutdown = Shutdown::new(config.grace);
     shutdown.on_stuck_exit({
         let report = Arc::clone(&report);
-        move |outcome| {
-            report.finish(outcome, None);
-        }
+        move |reason, said| report.finish_stuck(reason, said)
     });
     runtime.spawn(signals::forward(signals, shutdown.clone()));
     let outcome = runtime.block_on(runner::run(config, shutdown.clone(), status));
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
     // whatever it was, the job's committed state is already whole.
     runtime.shutdown_background();
     let asked = shutdown.current().map(|request| request.reason);
-    ExitCode::from(report.finish(&outcome, asked))
+    ExitCode::from(report.finish(&outcome, asked, None))
 }
 
 fn state_command(command: StateCommand) -> ExitCode {

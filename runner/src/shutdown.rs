@@ -111,7 +111,7 @@ pub struct Shutdown {
 }
 
 /// See [`Shutdown::on_stuck_exit`].
-type StuckExit = Arc<dyn Fn(&Outcome) + Send + Sync>;
+type StuckExit = Arc<dyn Fn(StopReason, &str) -> u8 + Send + Sync>;
 
 impl fmt::Debug for Shutdown {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -134,9 +134,10 @@ impl Shutdown {
     }
 
     /// Has the watchdog, when it exits the process because a job did not stop after a
-    /// forced stop, call `report` with the outcome first (to print and record it). Only
-    /// the first call counts.
-    pub fn on_stuck_exit(&self, report: impl Fn(&Outcome) + Send + Sync + 'static) {
+    /// forced stop, call `report` first with the reason that forced it and the line that
+    /// says so; `report` prints and records them and returns the exit code. Only the
+    /// first call counts.
+    pub fn on_stuck_exit(&self, report: impl Fn(StopReason, &str) -> u8 + Send + Sync + 'static) {
         let _ = self.on_stuck_exit.set(Arc::new(report));
     }
 
@@ -186,7 +187,7 @@ impl Shutdown {
                 false
             }
             Some(request) => {
-                say!(
+                tracing::warn!(
                     "received {} while stopping: stopping the job by force",
                     reason.cause()
                 );
@@ -252,7 +253,7 @@ impl Shutdown {
             if state.is_some_and(|request| request.forced.is_some()) {
                 return false;
             }
-            say!("another runner has taken this job over: stopping the job now");
+            tracing::warn!("another runner has taken this job over: stopping the job now");
             let request = state.get_or_insert(Request {
                 reason: StopReason::Fenced,
                 deadline: Instant::now(),
@@ -281,7 +282,7 @@ impl Shutdown {
         let mut forced = None;
         self.state.send_if_modified(|state| match state {
             Some(request) if request.forced.is_none() => {
-                say!(
+                tracing::warn!(
                     "the grace period of {} ran out: stopping the job by force",
                     format_duration(self.grace)
                 );
@@ -326,7 +327,7 @@ impl Shutdown {
                 exit_stuck(reason, report)
             });
         if let Err(error) = watchdog {
-            say!("cannot start the watchdog thread: {error}");
+            tracing::error!("cannot start the watchdog thread: {error}");
         }
     }
 
@@ -346,7 +347,9 @@ impl Shutdown {
         if let Err(error) = spawned {
             // Without the thread nothing would enforce the deadline: force now instead
             // of leaving the job unbounded.
-            say!("cannot start the deadline thread ({error}): stopping the job by force");
+            tracing::error!(
+                "cannot start the deadline thread ({error}): stopping the job by force"
+            );
             self.force_at_deadline();
         }
     }
@@ -375,15 +378,19 @@ impl Shutdown {
 )]
 fn exit_stuck(reason: StopReason, report: Option<StuckExit>) -> ! {
     let outcome = Outcome::Forced(reason);
-    let code = outcome.exit_code();
-    say!(
+    let said = format!(
         "the job did not stop within {} of being stopped by force (it is blocked in a call \
-         that cannot be cancelled): exiting {code}; its last checkpoint stands",
-        format_duration(FORCED_EXIT_AFTER)
+         that cannot be cancelled): exiting {}; its last checkpoint stands",
+        format_duration(FORCED_EXIT_AFTER),
+        outcome.exit_code()
     );
-    if let Some(report) = report {
-        report(&outcome);
-    }
+    let code = match report {
+        Some(report) => report(reason, &said),
+        None => {
+            tracing::warn!("{said}");
+            outcome.exit_code()
+        }
+    };
     std::process::exit(i32::from(code))
 }
 

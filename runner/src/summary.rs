@@ -13,9 +13,9 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -183,15 +183,35 @@ impl TerminationLog {
     }
 }
 
-/// Ends a run: says how it ended on stderr and writes the summary to the termination
-/// log. Shared by the main thread and the watchdog (which exits for a job that does not
-/// stop); only the first to finish reports.
+/// Writes the summary of a command line that did not parse (`clap_error`, as clap
+/// renders it) to the termination log: $RUNNER_TERMINATION_LOG, else the default. The
+/// options were not read, so `--termination-log` is not.
+pub fn usage_error(clap_error: &str) {
+    let explicit = std::env::var_os("RUNNER_TERMINATION_LOG")
+        .filter(|path| !path.is_empty())
+        .map(PathBuf::from);
+    let Some(log) = TerminationLog::new(explicit) else {
+        return;
+    };
+    let first_line = clap_error.lines().next().unwrap_or_default();
+    let message = first_line.strip_prefix("error: ").unwrap_or(first_line);
+    let outcome = Outcome::Failed(anyhow::anyhow!("{message}"));
+    log.write(&to_json(&outcome, None, None, &RunStatus::default()));
+}
+
+/// Ends a run: writes the summary to the termination log and says how the run ended on
+/// stderr. Shared by the main thread and the watchdog (which exits for a job that does
+/// not stop): only the first to finish reports, and the other gets the code it reported,
+/// so that the process exits with the code the summary gives.
 #[derive(Debug)]
 pub struct Report {
     status: Arc<RunStatus>,
     log: Option<TerminationLog>,
     job_id: OnceLock<String>,
-    reported: AtomicBool,
+    /// Held while reporting.
+    reporting: Mutex<()>,
+    /// The exit code reported, set once the summary is written.
+    code: OnceLock<u8>,
 }
 
 impl Report {
@@ -201,7 +221,8 @@ impl Report {
             status,
             log,
             job_id: OnceLock::new(),
-            reported: AtomicBool::new(false),
+            reporting: Mutex::new(()),
+            code: OnceLock::new(),
         }
     }
 
@@ -210,30 +231,69 @@ impl Report {
         let _ = self.job_id.set(job_id.to_owned());
     }
 
-    /// Reports `outcome` (the job was asked to stop for `stop_reason`, if it was) and
-    /// returns the exit code.
-    pub fn finish(&self, outcome: &Outcome, stop_reason: Option<StopReason>) -> u8 {
-        if !self.reported.swap(true, Ordering::SeqCst) {
-            crate::log::finish_progress();
-            if let Some(message) = outcome.message() {
-                match outcome {
-                    Outcome::Suspended => tracing::info!("{message}"),
-                    Outcome::Forced(_) => tracing::warn!("{message}"),
-                    _ => tracing::error!("{message}"),
-                }
-            }
-            if let Some(log) = &self.log {
-                log.write(&to_json(
-                    outcome,
-                    stop_reason,
-                    self.job_id.get().map(String::as_str),
-                    &self.status,
-                ));
+    /// Reports `outcome` (the job was asked to stop for `stop_reason`, if it was), after
+    /// the line `preface` if one is given, and returns the exit code. The summary first:
+    /// it goes to a file, while a stalled terminal can block the lines on stderr.
+    pub fn finish(
+        &self,
+        outcome: &Outcome,
+        stop_reason: Option<StopReason>,
+        preface: Option<&str>,
+    ) -> u8 {
+        let _reporting = self
+            .reporting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(&code) = self.code.get() {
+            return code;
+        }
+        if let Some(log) = &self.log {
+            log.write(&to_json(
+                outcome,
+                stop_reason,
+                self.job_id.get().map(String::as_str),
+                &self.status,
+            ));
+        }
+        let code = outcome.exit_code();
+        let _ = self.code.set(code);
+        crate::log::finish_progress();
+        if let Some(preface) = preface {
+            tracing::warn!("{preface}");
+        }
+        if let Some(message) = outcome.message() {
+            match outcome {
+                Outcome::Suspended => tracing::info!("{message}"),
+                Outcome::Forced(_) => tracing::warn!("{message}"),
+                _ => tracing::error!("{message}"),
             }
         }
-        outcome.exit_code()
+        code
+    }
+
+    /// [`Report::finish`] for the watchdog, which must exit even if reporting blocks (on a
+    /// stalled stderr, or while the main thread reports): it waits for the report at most
+    /// [`STUCK_REPORT_WAIT`], and returns the code to exit with.
+    pub fn finish_stuck(self: &Arc<Self>, reason: StopReason, preface: &str) -> u8 {
+        let (done, finished) = mpsc::channel();
+        let report = Arc::clone(self);
+        let preface = preface.to_owned();
+        let reporting = std::thread::Builder::new()
+            .name("runner-report".into())
+            .spawn(move || {
+                let _ = done.send(report.finish(&Outcome::Forced(reason), None, Some(&preface)));
+            });
+        let reported = reporting
+            .ok()
+            .and_then(|_| finished.recv_timeout(STUCK_REPORT_WAIT).ok());
+        reported
+            .or_else(|| self.code.get().copied())
+            .unwrap_or_else(|| Outcome::Forced(reason).exit_code())
     }
 }
+
+/// How long the watchdog waits for the report before it exits anyway.
+pub const STUCK_REPORT_WAIT: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
@@ -281,6 +341,24 @@ mod tests {
         assert_eq!(summary["stop_reason"], "timeout");
         assert_eq!(summary["checkpoint_sequence"], serde_json::Value::Null);
         assert_eq!(summary["progress"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn only_the_first_to_finish_reports_and_both_get_its_code() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("termination-log");
+        let report = Arc::new(Report::new(
+            Arc::new(RunStatus::default()),
+            TerminationLog::new(Some(path.clone())),
+        ));
+        report.set_job_id("job");
+        assert_eq!(report.finish(&Outcome::Suspended, None, None), 75);
+        let written = std::fs::read_to_string(&path).expect("a summary");
+        // The watchdog, too late: the run has been reported.
+        assert_eq!(report.finish_stuck(StopReason::Terminate, "stuck"), 75);
+        assert_eq!(report.finish(&Outcome::Completed, None, None), 75);
+        assert_eq!(std::fs::read_to_string(&path).expect("a summary"), written);
+        assert_eq!(parse(&written)["outcome"], "suspended");
     }
 
     #[test]

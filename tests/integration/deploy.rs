@@ -148,8 +148,15 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
         // What the rules do with each exit code is what that code means.
         let mut fail = BTreeSet::new();
         let mut ignore = BTreeSet::new();
+        let rules = spec["podFailurePolicy"]["rules"].as_array().expect("rules");
+        // The first rule that matches decides: a disruption is never a failure, whatever
+        // the exit code, so its rule comes first.
+        assert_eq!(
+            rules[0]["onPodConditions"][0]["type"], "DisruptionTarget",
+            "{manifest}: the first rule"
+        );
         let mut ignores_disruptions = false;
-        for rule in spec["podFailurePolicy"]["rules"].as_array().expect("rules") {
+        for rule in rules {
             let action = rule["action"].as_str().expect("an action");
             if let Some(on) = rule.get("onExitCodes") {
                 assert_eq!(on["containerName"], container["name"], "{manifest}");
@@ -170,6 +177,10 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
         assert_eq!(fail, job_errors, "{manifest}: the codes that fail fast");
         assert_eq!(ignore, stopped, "{manifest}: the codes of a stopped job");
         assert!(ignores_disruptions, "{manifest}");
+        assert_eq!(
+            container["terminationMessagePolicy"], "FallbackToLogsOnError",
+            "{manifest}"
+        );
         let mounts = container["volumeMounts"].as_array().expect("mounts");
         assert!(
             mounts.iter().any(|mount| mount["mountPath"] == "/state"),

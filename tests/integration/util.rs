@@ -151,8 +151,9 @@ pub fn bare_runner() -> Command {
         .env_remove("RUNNER_STATE_DIR")
         .env_remove("RUNNER_CACHE_DIR")
         .env_remove("RUNNER_LOG_FORMAT")
-        .env_remove("RUNNER_TERMINATION_LOG")
-        .env_remove("JOB_COMPLETION_INDEX");
+        .env_remove("JOB_COMPLETION_INDEX")
+        // Not the default /dev/termination-log, should the tests run in a pod.
+        .env("RUNNER_TERMINATION_LOG", "/dev/null");
     command
 }
 

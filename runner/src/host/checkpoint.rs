@@ -110,16 +110,16 @@ impl Host for Checkpoints {
             Err(error @ StoreError::NotDurable(_)) => {
                 // The record is what a load returns now: keep the sequence moving on.
                 self.committed = Some(record);
-                say!("checkpoint saved but not durable: {error}");
+                tracing::warn!("checkpoint saved but not durable: {error}");
                 Ok(Err(Error::Io(error.to_string())))
             }
             Err(error @ StoreError::Fenced { .. }) => {
-                say!("checkpoint not saved: {error}");
+                tracing::warn!("checkpoint not saved: {error}");
                 self.shutdown.revoke();
                 Ok(Err(Error::Fenced))
             }
             Err(error) => {
-                say!("checkpoint not saved: {error}");
+                tracing::warn!("checkpoint not saved: {error}");
                 Ok(Err(Error::Io(error.to_string())))
             }
         }
