@@ -165,8 +165,8 @@ impl JobOutput {
             Some(bar) if !bar.is_finished() => {
                 pending.extend_from_slice(bytes);
                 let whole = match pending.iter().rposition(|&byte| byte == b'\n') {
+                    _ if pending.len() >= PENDING_MAX => pending.len(),
                     Some(newline) => newline + 1,
-                    None if pending.len() >= PENDING_MAX => pending.len(),
                     None => return Ok(()),
                 };
                 let lines: Vec<u8> = pending.drain(..whole).collect();
@@ -194,10 +194,13 @@ impl JobOutput {
         }
     }
 
-    /// Writes out what was held back.
+    /// Writes out what was held back, and ends its line: the runner's last lines follow.
     fn release(self) {
-        let held = std::mem::take(&mut *self.pending());
-        let _ = self.write_out(&held);
+        let mut held = std::mem::take(&mut *self.pending());
+        if !held.is_empty() {
+            held.push(b'\n');
+            let _ = self.write_out(&held);
+        }
     }
 }
 

@@ -18,7 +18,10 @@ fn main() -> ExitCode {
         Err(error) => {
             // --help and --version exit 0, usage errors 2.
             let _ = error.print();
-            if error.use_stderr() {
+            // Not for --help, --version, or help shown for a missing subcommand.
+            if error.use_stderr()
+                && error.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            {
                 runner::summary::usage_error(&error.render().to_string());
             }
             return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
@@ -117,8 +120,8 @@ fn compile_command(args: &CompileArgs) -> ExitCode {
     }
 }
 
-/// The end of a subcommand: its error on stderr, and its exit code. Subcommands write no
-/// termination log: they are not runs.
+/// The end of a subcommand: its error on stderr, and its exit code. A subcommand that
+/// runs writes no termination log: it is not a run of a job.
 fn say(outcome: Outcome) -> ExitCode {
     if let Some(message) = outcome.message() {
         tracing::error!("{message}");

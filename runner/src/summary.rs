@@ -184,7 +184,7 @@ impl TerminationLog {
 }
 
 /// Writes the summary of a command line that did not parse (`clap_error`, as clap
-/// renders it) to the termination log: $RUNNER_TERMINATION_LOG, else the default. The
+/// renders it: the error, then usage after a blank line) to the termination log: $RUNNER_TERMINATION_LOG, else the default. The
 /// options were not read, so `--termination-log` is not.
 pub fn usage_error(clap_error: &str) {
     let explicit = std::env::var_os("RUNNER_TERMINATION_LOG")
@@ -193,8 +193,14 @@ pub fn usage_error(clap_error: &str) {
     let Some(log) = TerminationLog::new(explicit) else {
         return;
     };
-    let first_line = clap_error.lines().next().unwrap_or_default();
-    let message = first_line.strip_prefix("error: ").unwrap_or(first_line);
+    // The error, without the usage and hint that follow it after a blank line.
+    let error: Vec<&str> = clap_error
+        .lines()
+        .take_while(|line| !line.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    let error = error.join(" ");
+    let message = error.strip_prefix("error: ").unwrap_or(&error);
     let outcome = Outcome::Failed(anyhow::anyhow!("{message}"));
     log.write(&to_json(&outcome, None, None, &RunStatus::default()));
 }
@@ -359,6 +365,17 @@ mod tests {
         assert_eq!(report.finish(&Outcome::Completed, None, None), 75);
         assert_eq!(std::fs::read_to_string(&path).expect("a summary"), written);
         assert_eq!(parse(&written)["outcome"], "suspended");
+    }
+
+    #[test]
+    fn a_stuck_watchdog_does_not_wait_for_a_report_that_does_not_end() {
+        let report = Arc::new(Report::new(Arc::new(RunStatus::default()), None));
+        // The main thread is reporting, and stuck (on a stalled stderr).
+        let reporting = report.reporting.lock().expect("the lock");
+        let start = Instant::now();
+        assert_eq!(report.finish_stuck(StopReason::Interrupt, "stuck"), 130);
+        assert!(start.elapsed() >= STUCK_REPORT_WAIT);
+        drop(reporting);
     }
 
     #[test]

@@ -123,7 +123,7 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
         assert_eq!(pod["restartPolicy"], "Never", "{manifest}");
         assert_eq!(spec["podReplacementPolicy"], "Failed", "{manifest}");
 
-        // The runner's grace period, and the 2s a stuck job may take after it, end well
+        // The runner's grace period, and the 3s a stuck job may take after it, end well
         // before the kubelet's SIGKILL.
         let container = &pod["containers"][0];
         let args: Vec<&str> = container["args"]

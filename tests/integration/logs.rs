@@ -97,6 +97,7 @@ fn on_a_terminal_progress_is_a_bar() {
     let output = Command::new("script")
         .args(["--quiet", "--return", "--command", &command, "/dev/null"])
         .env_remove("RUNNER_LOG_FORMAT")
+        .env("RUNNER_TERMINATION_LOG", "/dev/null")
         .env("RUNNER_CACHE_DIR", sandbox.cache_dir())
         .stdin(Stdio::null())
         .output()
