@@ -277,9 +277,15 @@ impl Shutdown {
         let _ = receiver.wait_for(Option::is_some).await;
     }
 
-    /// Forces the stop because the grace period ran out, unless it already was.
-    fn force_at_deadline(&self) {
-        let mut forced = None;
+    /// Forces the stop for `reason` (the request's) because the grace period ran out,
+    /// unless it already was.
+    ///
+    /// The watchdog is armed first: should the line that says so block (a stalled
+    /// stderr, which would also hold the state's lock), the watchdog still ends the run.
+    /// One armed for a stop forced earlier is harmless: the first to report decides.
+    fn force_at_deadline(&self, reason: StopReason) {
+        self.arm_watchdog(reason);
+        let mut forced = false;
         self.state.send_if_modified(|state| match state {
             Some(request) if request.forced.is_none() => {
                 tracing::warn!(
@@ -287,13 +293,13 @@ impl Shutdown {
                     format_duration(self.grace)
                 );
                 request.forced = Some(request.reason);
-                forced = request.forced;
+                forced = true;
                 true
             }
             _ => false,
         });
-        if let Some(reason) = forced {
-            self.after_forcing(reason);
+        if forced {
+            self.interrupt();
         }
     }
 
@@ -308,17 +314,31 @@ impl Shutdown {
     /// Interrupts a computing job and starts the watchdog for one that cannot be. Before
     /// an engine is attached there is no job to stop, and the main thread exits by itself.
     fn after_forcing(&self, reason: StopReason) {
-        let Some(engine) = self
+        if self.arm_watchdog(reason) {
+            self.interrupt();
+        }
+    }
+
+    /// Bumps the engine's epoch: a computing job traps at its next epoch check (the
+    /// store's deadline is one tick past the epoch it was created at).
+    fn interrupt(&self) {
+        if let Some(engine) = &*self.engine.lock().unwrap_or_else(PoisonError::into_inner) {
+            engine.increment_epoch();
+        }
+    }
+
+    /// Starts the watchdog that exits the process [`FORCED_EXIT_AFTER`] from now, for a
+    /// job that does not stop; `false`: no engine is attached, so no job runs (the main
+    /// thread exits by itself).
+    fn arm_watchdog(&self, reason: StopReason) -> bool {
+        if self
             .engine
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        else {
-            return;
-        };
-        // The store's epoch deadline is one tick past the epoch it was created at, so
-        // one bump makes the job trap at its next epoch check.
-        engine.increment_epoch();
+            .is_none()
+        {
+            return false;
+        }
         let report = self.on_stuck_exit.get().cloned();
         let watchdog = std::thread::Builder::new()
             .name("runner-watchdog".into())
@@ -329,6 +349,7 @@ impl Shutdown {
         if let Err(error) = watchdog {
             tracing::error!("cannot start the watchdog thread: {error}");
         }
+        true
     }
 
     /// The deadline is kept by a plain OS thread rather than a tokio timer: a job
@@ -342,7 +363,7 @@ impl Shutdown {
                     return;
                 };
                 std::thread::sleep(request.deadline.saturating_duration_since(Instant::now()));
-                this.force_at_deadline();
+                this.force_at_deadline(request.reason);
             });
         if let Err(error) = spawned {
             // Without the thread nothing would enforce the deadline: force now instead
@@ -350,7 +371,9 @@ impl Shutdown {
             tracing::error!(
                 "cannot start the deadline thread ({error}): stopping the job by force"
             );
-            self.force_at_deadline();
+            if let Some(request) = self.current() {
+                self.force_at_deadline(request.reason);
+            }
         }
     }
 
