@@ -10,26 +10,24 @@ use crate::summary::RunStatus;
 /// At most one progress line per interval, however often the job reports.
 const SHOW_EVERY: Duration = Duration::from_secs(5);
 
-/// The latest report, and when one was last shown.
+/// Where the latest report is kept, and when one was last shown.
 #[derive(Debug)]
 pub struct Progress {
-    latest: Option<(u64, Option<u64>)>,
-    last_shown: Option<Instant>,
     status: Arc<RunStatus>,
+    last_shown: Option<Instant>,
 }
 
 impl Progress {
     pub(super) fn new(status: Arc<RunStatus>) -> Self {
         Progress {
-            latest: None,
-            last_shown: None,
             status,
+            last_shown: None,
         }
     }
 
     /// The latest report as text, such as `1200/5000 (24.0%)`.
     pub fn latest(&self) -> Option<String> {
-        let (done, total) = self.latest?;
+        let (done, total) = self.status.progress()?;
         Some(match total {
             Some(0) => format!("{done}/0"),
             Some(total) => format!(
@@ -43,7 +41,6 @@ impl Progress {
 
 impl Host for Progress {
     fn report(&mut self, done: u64, total: Option<u64>) -> wasmtime::Result<()> {
-        self.latest = Some((done, total));
         self.status.progressed(done, total);
         if crate::log::show_progress(done, total) {
             return Ok(());
