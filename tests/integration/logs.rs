@@ -1,6 +1,7 @@
 //! What the runner says: readable lines or JSON lines on stderr, a progress bar on a
 //! terminal, and the run's summary in the termination log.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -122,6 +123,12 @@ fn on_a_terminal_progress_is_a_bar() {
     );
 }
 
+/// The summary in the termination log `path`.
+fn read_summary(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).expect("a summary");
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("`{text}`: {error}"))
+}
+
 #[test]
 fn the_summary_goes_to_the_termination_log() {
     let sandbox = Sandbox::new();
@@ -132,8 +139,7 @@ fn the_summary_goes_to_the_termination_log() {
         .arg(&log)
         .args([TESTJOB, "error"]));
     failed.assert_code(1);
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&log).expect("a summary")).expect("JSON");
+    let summary = read_summary(&log);
     assert_eq!(summary["outcome"], "job-error", "{summary}");
     assert_eq!(summary["exit_code"], 1);
     assert_eq!(summary["job_id"], "testjob");
@@ -151,8 +157,7 @@ fn the_summary_goes_to_the_termination_log() {
         .env("RUNNER_TERMINATION_LOG", &log)
         .args(["--job-id", "no/such", TESTJOB]));
     refused.assert_code(2);
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&log).expect("a summary")).expect("JSON");
+    let summary = read_summary(&log);
     assert_eq!(summary["outcome"], "error", "{summary}");
     assert_eq!(summary["exit_code"], 2);
 
@@ -164,8 +169,7 @@ fn the_summary_goes_to_the_termination_log() {
         .env("RUNNER_TERMINATION_LOG", &log)
         .args(["--grace", "soon", TESTJOB]));
     refused.assert_code(2);
-    let summary: Value =
-        serde_json::from_str(&std::fs::read_to_string(&log).expect("a summary")).expect("JSON");
+    let summary = read_summary(&log);
     assert_eq!(summary["outcome"], "error", "{summary}");
     assert!(
         summary["message"]
