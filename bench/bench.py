@@ -20,6 +20,8 @@ peers. Sections (all by default; pick some with --only):
   commit   checkpoint commit latency as the job sees it, against the raw protocol
            (write, fsync, rename, directory fsync) done by a native program, in the same
            directory.
+  s3       checkpoint commit latency with the state in a bucket of s3s-fs (an
+           S3-compatible server, on loopback), against the local store, alternated.
   python   a Python job's start: first run, cached, precompiled.
   container the image deploy/build-image builds (static release runner, primes), run by
            runc with a bind-mounted state directory: `runc kill ID TERM` -> `runc run`
@@ -37,6 +39,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +48,7 @@ import time
 
 TMPFS_ROW = "runner, cached, state directory on tmpfs (no fsync cost; for comparison)"
 NODIVL_ROW = "native, with LLVM's 32-bit division fast path off (`-C target-feature=-idivq-to-divl`)"
-SECTIONS = ["start", "request", "deadline", "compute", "commit", "python", "container"]
+SECTIONS = ["start", "request", "deadline", "compute", "commit", "s3", "python", "container"]
 CONTAINER_USER = 65532
 KIB = 1024
 MIB = 1024 * 1024
@@ -341,6 +344,62 @@ class Bench:
                 raw_samples += parse_commits(output)
             out[size] = {"runner": summary(runner_samples), "raw": summary(raw_samples)}
         self.results["commit"] = out
+
+    # -- checkpoint commit to S3
+
+    def s3(self):
+        root = os.path.join(self.work, "s3")
+        os.makedirs(os.path.join(root, "bench"))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        server = subprocess.Popen(
+            [self.args.s3s_fs, "--host", "127.0.0.1", "--port", str(port), "--access-key", "bench",
+             "--secret-key", "bench-secret", root],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        sys.exit("bench: s3s-fs did not listen within 30 s")
+                    time.sleep(0.01)
+            s3_env = dict(
+                self.env,
+                AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
+                AWS_ACCESS_KEY_ID="bench",
+                AWS_SECRET_ACCESS_KEY="bench-secret",
+                AWS_REGION="us-east-1",
+            )
+            rounds = 2
+            out = {}
+            for size, count in self.args.s3_sizes:
+                self.log(f"s3: {size} bytes, {rounds} rounds of {count} commits each way")
+                local, remote = [], []
+                for _ in range(rounds):
+                    for samples, state, env in [
+                        (local, os.path.join(self.work, "state"), self.env),
+                        (remote, "s3://bench/commit", s3_env),
+                    ]:
+                        output = check_run(
+                            [self.args.runner, "--state-dir", state, "--cache-dir",
+                             os.path.join(self.work, "runner-cache"), "--job-id", f"bench-s3-{size}",
+                             "--start-over", self.args.benchjob, "commit", str(size), str(count)],
+                            env,
+                            "commit_ns",
+                        )
+                        samples += parse_commits(output)
+                out[size] = {"local": summary(local), "s3": summary(remote)}
+            self.results["s3"] = out
+        finally:
+            server.kill()
+            server.wait()
+        self.results["s3s_fs_version"] = run_quiet([self.args.s3s_fs, "--version"]).strip()
 
     # -- python
 
@@ -648,6 +707,29 @@ def report(bench, args, elapsed_s):
             ),
         ]
 
+    if "s3" in r:
+        lines += [
+            "## Checkpoint commit to S3",
+            "",
+            "The same `save_bytes` as above, timed in the job, with the state kept in a bucket",
+            f"(`--state-dir s3://bench/commit`) of {r['s3s_fs_version']}, an S3-compatible server on loopback, on",
+            "the same file system; against the local store, two rounds each way, alternated. A commit to S3 is",
+            "two PUT requests: the record, then the conditional write (If-Match) of the head that names it.",
+            "s3s-fs writes each object to a temporary file and renames it, without fsync: these figures are",
+            "the runner's cost and the protocol's round trips, not a real bucket's durability (a real S3 adds",
+            "its network round trips to each of the two requests). Milliseconds.",
+            "",
+            "| size | n | local store | S3 (s3s-fs, loopback) | S3 / local |",
+            "|---|---|---|---|---|",
+        ]
+        for size, s in r["s3"].items():
+            local, remote = s["local"], s["s3"]
+            lines.append(
+                f"| {human_size(size)} | {remote['n']} | {spread(local, 3)} | {spread(remote, 3)} | "
+                f"{ratio(remote['median'], local['median']):.2f}x |"
+            )
+        lines.append("")
+
     if "python" in r:
         p = r["python"]
         lines += [
@@ -719,7 +801,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ["runner", "wasmtime", "hyperfine", "hello", "testjob", "primes", "count-primes-wasm",
                  "count-primes-native", "count-primes-native-nodivl", "benchjob", "raw-commit", "python-hello", "startup",
-                 "static-runner", "image-layout"]:
+                 "static-runner", "image-layout", "s3s-fs"]:
         parser.add_argument(f"--{name}", help=f"path of {name}")
     parser.add_argument("--work", required=True, help="scratch directory (removed first); its file system is measured")
     parser.add_argument("--out", required=True, help="the Markdown report to write")
@@ -732,6 +814,8 @@ def main():
     parser.add_argument("--compute-runs", type=int, default=7)
     parser.add_argument("--commit-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50,{64 * MIB}:16"),
                         help="SIZE:COUNT,... (bytes, commits per round)")
+    parser.add_argument("--s3-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50"),
+                        help="SIZE:COUNT,... for the s3 section")
     parser.add_argument("--container-trials", type=int, default=20)
     parser.add_argument("--command-line", default="", help="the command that ran this, for the report")
     args = parser.parse_args()
@@ -749,6 +833,7 @@ def main():
             "count_primes_native_nodivl",
         ],
         "commit": ["runner", "benchjob", "raw_commit"],
+        "s3": ["runner", "benchjob", "s3s_fs"],
         "python": ["runner", "python_hello", "startup"],
         "container": ["image_layout", "static_runner"],
     }

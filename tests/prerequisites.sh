@@ -8,6 +8,8 @@
 #   the first, deploy/'s manifests are checked against the Kubernetes API schema with
 #   the second;
 # - strace, which the crash tests use to inject faults into the real runner;
+# - s3s-fs, an S3-compatible server that honours conditional writes and keeps objects as
+#   files, which the S3 store's tests start (cargo install: about 2 minutes, once);
 # - buildah, umoci and runc, which build the image, unpack it and run it as a container.
 # The tests also use unshare and mount (util-linux) and run as root, for the PID 1 test,
 # the containers and the tests on a full or read-only file system.
@@ -21,6 +23,12 @@ if ! .venv/bin/componentize-py --version 2>/dev/null | grep -qx "componentize-py
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check \
         "componentize-py==$componentize_py" "kubernetes-validate==$kubernetes_validate"
+fi
+s3s_fs=0.14.1
+if ! s3s-fs --version 2>/dev/null | grep -qx "s3s-fs $s3s_fs"; then
+    # Not into the workspace's target directory: it is a tool, not part of the build.
+    env -u CARGO_TARGET_DIR cargo install --quiet --locked s3s-fs --version "$s3s_fs" \
+        --features binary
 fi
 missing=""
 for tool in strace:strace musl-gcc:musl-tools runc:runc umoci:umoci buildah:buildah; do

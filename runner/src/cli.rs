@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::checkpoint::JobId;
+use crate::checkpoint::s3::S3Url;
 use crate::log::LogFormat;
 use crate::outcome::EXIT_CODES;
 
@@ -97,21 +98,50 @@ pub struct StateArgs {
     #[arg(value_name = "JOB_ID")]
     pub job_id: String,
 
-    /// Where checkpoints are kept. Default: $RUNNER_STATE_DIR, else
-    /// $XDG_STATE_HOME/runner, else ~/.local/state/runner.
-    #[arg(long, value_name = "DIR")]
+    /// Where checkpoints are kept: a directory or s3://BUCKET/PREFIX. Default:
+    /// $RUNNER_STATE_DIR, else $XDG_STATE_HOME/runner, else ~/.local/state/runner.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     pub state_dir: Option<PathBuf>,
 }
 
 impl StateArgs {
-    /// The job id and state directory, checked.
-    pub fn validate(self) -> Result<(JobId, PathBuf)> {
+    /// The job id and state location, checked.
+    pub fn validate(self) -> Result<(JobId, StateLocation)> {
         let job_id = JobId::new(&self.job_id)?;
-        let state_dir = match self.state_dir {
-            Some(dir) => dir,
+        Ok((job_id, StateLocation::new(self.state_dir)?))
+    }
+}
+
+/// Where a job's checkpoints are kept.
+#[derive(Debug, Clone)]
+pub enum StateLocation {
+    /// A local directory, one directory per job.
+    Dir(PathBuf),
+    /// A bucket, one folder of objects per job.
+    S3(S3Url),
+}
+
+impl StateLocation {
+    /// `--state-dir` as given, else its default.
+    fn new(given: Option<PathBuf>) -> Result<StateLocation> {
+        let path = match given {
+            Some(path) => path,
             None => default_state_dir()?,
         };
-        Ok((job_id, state_dir))
+        match path.to_str().and_then(S3Url::parse) {
+            Some(Ok(url)) => Ok(StateLocation::S3(url)),
+            Some(Err(problem)) => bail!("invalid --state-dir: {problem}"),
+            None => Ok(StateLocation::Dir(path)),
+        }
+    }
+}
+
+impl std::fmt::Display for StateLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StateLocation::Dir(dir) => write!(f, "{}", dir.display()),
+            StateLocation::S3(url) => write!(f, "{url}"),
+        }
     }
 }
 
@@ -131,8 +161,13 @@ pub struct RunArgs {
     pub timeout: Option<Duration>,
 
     /// Where checkpoints are kept, one directory per job id. Default: $RUNNER_STATE_DIR,
-    /// else $XDG_STATE_HOME/runner, else ~/.local/state/runner.
-    #[arg(long, value_name = "DIR")]
+    /// else $XDG_STATE_HOME/runner, else ~/.local/state/runner. `s3://BUCKET/PREFIX`
+    /// keeps them in an S3-compatible bucket instead, so that a job resumes on any node:
+    /// credentials and region come from the standard AWS variables (AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY, AWS_REGION, or a web identity), the endpoint from
+    /// AWS_ENDPOINT_URL (plain http allowed), and the server must honour conditional
+    /// writes (If-Match), which fence a stale owner off.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
     pub state_dir: Option<PathBuf>,
 
     /// The job's identity: runs with the same id share (and resume from) one checkpoint.
@@ -155,9 +190,19 @@ pub struct RunArgs {
     /// longer than the grace period of the pod being replaced (Kubernetes'
     /// terminationGracePeriodSeconds, 30s by default), unless the replacement only starts
     /// once the old pod has exited (a Job's podReplacementPolicy: Failed).
+    /// With s3:// state, the wait lasts while the owner renews its lease.
     #[arg(long, value_name = "DURATION", env = "RUNNER_LOCK_TIMEOUT", default_value = "60s",
           value_parser = parse_duration)]
     pub lock_timeout: Duration,
+
+    /// With s3:// state: how long this run's ownership of the job outlives its last
+    /// renewal (it renews every third of it). A runner that dies without releasing the
+    /// job (SIGKILL, a lost node) keeps the next run waiting this long at most; one that
+    /// is only cut off from the bucket loses the job, and its next save fails with
+    /// `fenced`, once another run has taken it over.
+    #[arg(long, value_name = "DURATION", env = "RUNNER_LEASE", default_value = "30s",
+          value_parser = parse_lease)]
+    pub lease: Duration,
 
     /// Where compiled jobs are cached, so that only the first run of a job compiles it.
     /// Default: $RUNNER_CACHE_DIR, else $XDG_CACHE_HOME/runner, else ~/.cache/runner.
@@ -231,7 +276,7 @@ pub struct RunConfig {
     /// The runner's own deadline for the job.
     pub timeout: Option<Duration>,
     /// Where checkpoints are kept.
-    pub state_dir: PathBuf,
+    pub state: StateLocation,
     /// The job's identity in the state directory.
     pub job_id: JobId,
     /// Preopened directories.
@@ -242,6 +287,8 @@ pub struct RunConfig {
     pub output: Option<DirMapping>,
     /// How long to wait for the job's lock.
     pub lock_timeout: Duration,
+    /// The run's lease on a job kept in a bucket.
+    pub lease: Duration,
     /// Whether to discard the job's checkpoints.
     pub start_over: bool,
     /// Where compiled jobs are cached; `None`: no cache.
@@ -271,10 +318,14 @@ impl RunArgs {
             Some(id) => JobId::new(&id).context("invalid --job-id")?,
             None => default_job_id(&job, env::var_os("JOB_COMPLETION_INDEX").as_deref())?,
         };
-        let state_dir = match self.state_dir {
-            Some(dir) => dir,
-            None => default_state_dir()?,
-        };
+        let state = StateLocation::new(self.state_dir)?;
+        if let (Some(output), StateLocation::S3(url)) = (&self.output, &state) {
+            bail!(
+                "--output `{}` keeps the job's files on this node, where a run resumed on \
+                 another node would not find them: it needs a local --state-dir, not `{url}`",
+                output.host.display()
+            );
+        }
 
         let mut env = Vec::with_capacity(self.envs.len());
         for setting in self.envs {
@@ -298,12 +349,13 @@ impl RunArgs {
             args,
             grace: self.grace,
             timeout: self.timeout,
-            state_dir,
+            state,
             job_id,
             dirs: self.dirs,
             env,
             output: self.output,
             lock_timeout: self.lock_timeout,
+            lease: self.lease,
             start_over: self.start_over,
             cache_dir: if self.no_cache {
                 None
@@ -363,6 +415,16 @@ fn default_cache_dir() -> Option<PathBuf> {
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|error| format!("`{text}` is not a duration like 500ms, 25s or 2m ({error})"))
+}
+
+/// A lease: at least a second, so that renewing it (every third of it) stays far from
+/// a request's round trip; at most a day.
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let lease = parse_duration(text)?;
+    if !(Duration::from_secs(1)..=Duration::from_secs(86_400)).contains(&lease) {
+        return Err(format!("a lease of `{text}` is not between 1s and 1day"));
+    }
+    Ok(lease)
 }
 
 /// Formats a duration the way [`parse_duration`] reads it.

@@ -34,10 +34,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::{Trap, WasmBacktrace};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtx, WasiCtxBuilder};
 
-use crate::checkpoint::Loaded;
 use crate::checkpoint::fs::{Claim, JobDir, Lock};
 use crate::checkpoint::output::OutputDir;
-use crate::cli::RunConfig;
+use crate::checkpoint::s3::{Acquire, Acquired, S3Job, S3Store};
+use crate::checkpoint::{Loaded, Store};
+use crate::cli::{RunConfig, StateLocation};
 use crate::host::{JobOutcome, JobState, RunnerClock, Saves};
 pub use crate::outcome::Outcome;
 use crate::shutdown::{Shutdown, StopReason};
@@ -56,11 +57,20 @@ async fn execute(
     shutdown: Arc<Shutdown>,
     status: Arc<RunStatus>,
 ) -> Result<Outcome> {
-    // The state directory first: it is the cheapest check and the one most often wrong.
-    let job_dir = JobDir::new(&config.state_dir, &config.job_id);
-    job_dir
-        .create()
-        .with_context(|| format!("unusable state directory for job `{}`", config.job_id))?;
+    // The state location first: it is the cheapest check and the one most often wrong.
+    let place = match &config.state {
+        StateLocation::Dir(dir) => {
+            let job_dir = JobDir::new(dir, &config.job_id);
+            job_dir
+                .create()
+                .with_context(|| format!("unusable state directory for job `{}`", config.job_id))?;
+            Place::Local(job_dir)
+        }
+        StateLocation::S3(url) => Place::S3(
+            S3Job::new(url, &config.job_id)
+                .with_context(|| format!("unusable state location for job `{}`", config.job_id))?,
+        ),
+    };
     let output = config
         .output
         .as_ref()
@@ -72,16 +82,153 @@ async fn execute(
     let engine = engine::new_engine()?;
     shutdown.attach_engine(&engine);
     // Compiling a large component takes seconds: do it off the runtime, meanwhile
-    // waiting for the job's lock, and give up on it if the stop is forced meanwhile (a
-    // second Ctrl-C must not wait for cranelift).
+    // taking the job over, and give up on it if the stop is forced meanwhile (a second
+    // Ctrl-C must not wait for cranelift).
     let compile = tokio::task::spawn_blocking({
         let (engine, path) = (engine.clone(), config.job.clone());
         let cache = config.cache_dir.clone().map(artifact::Cache::new);
         move || engine::load_job(&engine, &path, cache.as_ref())
     });
-    let lock = match lock_job(&job_dir, &config, &shutdown).await? {
-        Ok(lock) => lock,
+    let opened = match place {
+        Place::Local(job_dir) => open_local(job_dir, &config, output.as_ref(), &shutdown).await?,
+        Place::S3(job) => open_s3(job, &config, &shutdown).await?,
+    };
+    let Opened {
+        store,
+        loaded,
+        shown,
+        lease,
+    } = match opened {
+        Ok(opened) => opened,
         Err(outcome) => return Ok(outcome),
+    };
+    let outcome = async {
+        let job = tokio::select! {
+            compiled = compile => compiled.context("compiling the job panicked")??,
+            reason = shutdown.forced() => return Ok(Outcome::Forced(reason)),
+        };
+
+        if let Some(record) = &loaded.record {
+            status.checkpointed(record.sequence);
+            say!(
+                "resuming job `{}` from checkpoint {} in `{shown}`",
+                config.job_id,
+                record.sequence
+            );
+            if record.module_digest != job.digest {
+                say!(
+                    "checkpoint {} was written by another module (sha256 {}); this one is \
+                     sha256 {}: loading it anyway, as the job owns its state's format",
+                    record.sequence,
+                    hex(&record.module_digest[..8]),
+                    hex(&job.digest[..8])
+                );
+            }
+        }
+        let mut store = wasmtime::Store::new(
+            &engine,
+            JobState::new(
+                wasi,
+                clock_zero,
+                shutdown.clone(),
+                status,
+                Saves {
+                    store,
+                    output,
+                    module_digest: job.digest,
+                    committed: loaded.record,
+                },
+            )?,
+        );
+        // One tick past the current epoch: the single bump of a forced stop traps the job.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_trap();
+        // A stop forced before the store existed did not reach its epoch deadline.
+        if let Some(reason) = shutdown.current().and_then(|request| request.forced) {
+            return Ok(Outcome::Forced(reason));
+        }
+        if let Some(timeout) = config.timeout {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                shutdown.request(StopReason::Timeout);
+            });
+        }
+
+        let ended = tokio::select! {
+            biased;
+            result = call_run(&job.entry, &mut store) => Ended::Returned(result),
+            // Dropping the `run` future cancels whatever host call the job is blocked in;
+            // a job that is computing was already trapped by the epoch bump.
+            reason = shutdown.forced() => Ended::Forced(reason),
+        };
+        let revoked = shutdown
+            .current()
+            .is_some_and(|request| request.forced == Some(StopReason::Fenced));
+        let outcome = match ended {
+            // Whatever the job did after losing the job, only the new owner's state counts.
+            _ if revoked => Outcome::Forced(StopReason::Fenced),
+            Ended::Forced(reason) => Outcome::Forced(reason),
+            Ended::Returned(Ok(outcome)) => outcome,
+            Ended::Returned(Err(error)) => classify_error(error, &shutdown),
+        };
+        if !matches!(outcome, Outcome::Completed | Outcome::Exited(0))
+            && let Some(progress) = store.data().progress()
+        {
+            say!("the job's last progress report: {progress}");
+        }
+        Ok::<_, anyhow::Error>(outcome)
+    }
+    .await;
+    if let Some(lease) = lease {
+        // Bounded: a forced stop must still end before the orchestrator's SIGKILL, and a
+        // lease left unreleased only runs out.
+        let lost = tokio::time::timeout(RELEASE_TIMEOUT, lease.release()).await;
+        // Taken over after its last save: only the new owner's state counts, and the
+        // job is not done.
+        if lost == Ok(true)
+            && matches!(
+                outcome,
+                Ok(Outcome::Completed | Outcome::Suspended | Outcome::Exited(0))
+            )
+        {
+            tracing::warn!("another runner has taken this job over before this run ended");
+            return Ok(Outcome::Forced(StopReason::Fenced));
+        }
+    }
+    outcome
+}
+
+/// How long the end of a run waits to release a job kept in a bucket.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where the job's state is, before the run owns it.
+enum Place {
+    Local(JobDir),
+    S3(S3Job),
+}
+
+/// The job's state, owned by this run.
+struct Opened {
+    store: Arc<dyn Store>,
+    loaded: Loaded,
+    /// Where the state is, for people.
+    shown: String,
+    /// A job kept in a bucket, to release when the run ends.
+    lease: Option<Arc<S3Store>>,
+}
+
+/// Takes a job kept in a local directory: its lock, its records, its output directory as
+/// its last checkpoint left it, and a fencing number.
+async fn open_local(
+    job_dir: JobDir,
+    config: &RunConfig,
+    output: Option<&OutputDir>,
+    shutdown: &Shutdown,
+) -> Result<Result<Opened, Outcome>> {
+    let lock = match lock_job(&job_dir, config, shutdown).await? {
+        Ok(lock) => lock,
+        Err(outcome) => return Ok(Err(outcome)),
     };
     let claim = Claim::new(job_dir, lock, config.start_over)
         .with_context(|| format!("cannot load the state of job `{}`", config.job_id))?;
@@ -89,87 +236,60 @@ async fn execute(
         tracing::warn!("{note}");
     }
     // Before taking a fencing number, so that a refused run leaves no trace.
-    restore_output(output.as_ref(), &claim.loaded, &config)?;
-    let (store, loaded) = match &output {
+    restore_output(output, &claim.loaded, config)?;
+    let (store, loaded) = match output {
         Some(output) => claim.own(Some(output.key()))?,
         None => claim.own_while_starting(),
     };
-    let job = tokio::select! {
-        compiled = compile => compiled.context("compiling the job panicked")??,
-        reason = shutdown.forced() => return Ok(Outcome::Forced(reason)),
-    };
+    Ok(Ok(Opened {
+        shown: store.dir().display().to_string(),
+        store: Arc::new(store),
+        loaded,
+        lease: None,
+    }))
+}
 
-    if let Some(record) = &loaded.record {
-        status.checkpointed(record.sequence);
-        say!(
-            "resuming job `{}` from checkpoint {} in `{}`",
-            config.job_id,
-            record.sequence,
-            store.dir().display()
-        );
-        if record.module_digest != job.digest {
-            say!(
-                "checkpoint {} was written by another module (sha256 {}); this one is sha256 \
-                 {}: loading it anyway, as the job owns its state's format",
-                record.sequence,
-                hex(&record.module_digest[..8]),
-                hex(&job.digest[..8])
-            );
+/// Takes a job kept in a bucket: waits for its owner, if it has a live one, then takes
+/// it over and loads its records.
+async fn open_s3(
+    job: S3Job,
+    config: &RunConfig,
+    shutdown: &Arc<Shutdown>,
+) -> Result<Result<Opened, Outcome>> {
+    let options = Acquire {
+        lease: config.lease,
+        lock_timeout: config.lock_timeout,
+        start_over: config.start_over,
+        holder: format!(
+            "pid {} on {}",
+            std::process::id(),
+            checkpoint::fs::hostname()
+        ),
+    };
+    let on_lost = {
+        let shutdown = Arc::clone(shutdown);
+        move || shutdown.revoke()
+    };
+    let acquired = job
+        .acquire(&options, shutdown.requested(), on_lost)
+        .await
+        .with_context(|| format!("cannot load the state of job `{}`", config.job_id))?;
+    Ok(match acquired {
+        Acquired::Owned(store, loaded) => {
+            for note in &loaded.notes {
+                tracing::warn!("{note}");
+            }
+            let store = Arc::new(store);
+            Ok(Opened {
+                shown: store.url(),
+                store: Arc::clone(&store) as Arc<dyn Store>,
+                loaded,
+                lease: Some(store),
+            })
         }
-    }
-    let mut store = wasmtime::Store::new(
-        &engine,
-        JobState::new(
-            wasi,
-            clock_zero,
-            shutdown.clone(),
-            status,
-            Saves {
-                store: Arc::new(store),
-                output,
-                module_digest: job.digest,
-                committed: loaded.record,
-            },
-        )?,
-    );
-    // One tick past the current epoch: the single bump of a forced stop traps the job.
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_trap();
-    // A stop forced before the store existed did not reach its epoch deadline.
-    if let Some(reason) = shutdown.current().and_then(|request| request.forced) {
-        return Ok(Outcome::Forced(reason));
-    }
-    if let Some(timeout) = config.timeout {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            shutdown.request(StopReason::Timeout);
-        });
-    }
-
-    let ended = tokio::select! {
-        biased;
-        result = call_run(&job.entry, &mut store) => Ended::Returned(result),
-        // Dropping the `run` future cancels whatever host call the job is blocked in; a
-        // job that is computing was already trapped by the epoch bump.
-        reason = shutdown.forced() => Ended::Forced(reason),
-    };
-    let revoked = shutdown
-        .current()
-        .is_some_and(|request| request.forced == Some(StopReason::Fenced));
-    let outcome = match ended {
-        // Whatever the job did after losing the job, only the new owner's state counts.
-        _ if revoked => Outcome::Forced(StopReason::Fenced),
-        Ended::Forced(reason) => Outcome::Forced(reason),
-        Ended::Returned(Ok(outcome)) => outcome,
-        Ended::Returned(Err(error)) => classify_error(error, &shutdown),
-    };
-    if !matches!(outcome, Outcome::Completed | Outcome::Exited(0))
-        && let Some(progress) = store.data().progress()
-    {
-        say!("the job's last progress report: {progress}");
-    }
-    Ok(outcome)
+        Acquired::Busy(message) => Err(Outcome::Locked(message)),
+        Acquired::Stopped => Err(Outcome::Suspended),
+    })
 }
 
 /// How often a runner waiting for a job's lock tries again.
@@ -246,13 +366,15 @@ fn restore_output(output: Option<&OutputDir>, loaded: &Loaded, config: &RunConfi
         return Ok(());
     };
     let shown = output.path().display();
-    if let Ok(state_dir) = config.state_dir.canonicalize() {
+    if let StateLocation::Dir(dir) = &config.state
+        && let Ok(state_dir) = dir.canonicalize()
+    {
         let key = Path::new(output.key());
         if key.starts_with(&state_dir) || state_dir.starts_with(key) {
             bail!(
                 "--output `{shown}` and --state-dir `{}` overlap: the job could overwrite its \
                  own checkpoints",
-                config.state_dir.display()
+                dir.display()
             );
         }
     }

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         Err(error) => return fail(anyhow::anyhow!("cannot install signal handlers: {error}")),
     };
     match cli.command {
-        Some(Command::State(command)) => return state_command(command),
+        Some(Command::State(command)) => return state_command(command, &runtime),
         Some(Command::Compile(args)) => return compile_command(&args),
         None => {}
     }
@@ -85,14 +85,14 @@ fn main() -> ExitCode {
     ExitCode::from(report.finish(&outcome, asked, None))
 }
 
-fn state_command(command: StateCommand) -> ExitCode {
-    let (args, act): (_, fn(&_, &_) -> _) = match command {
+fn state_command(command: StateCommand, runtime: &tokio::runtime::Runtime) -> ExitCode {
+    let (args, act): (_, fn(&_, &_, &_) -> _) = match command {
         StateCommand::Show(args) => (args, runner::state::show),
         StateCommand::Reset(args) => (args, runner::state::reset),
     };
     match args
         .validate()
-        .and_then(|(job_id, state_dir)| act(&state_dir, &job_id))
+        .and_then(|(job_id, location)| act(&location, &job_id, runtime))
     {
         Ok(text) => {
             use std::io::Write as _;

@@ -9,8 +9,13 @@ use std::time::{Duration, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::checkpoint::JobId;
-use crate::checkpoint::fs::{CHECKPOINT, FENCE, JobDir, LOCK, PREVIOUS, Slot, sync_dir};
+use tokio::runtime::Runtime;
+
+use crate::checkpoint::Slot;
+use crate::checkpoint::fs::{CHECKPOINT, FENCE, JobDir, LOCK, PREVIOUS, sync_dir};
+use crate::checkpoint::s3::{S3Job, S3Url};
 use crate::checkpoint::{OutputLen, Record, StoreError};
+use crate::cli::StateLocation;
 use crate::hex;
 
 /// `runner state reset` refused: a runner holds the job.
@@ -19,21 +24,14 @@ use crate::hex;
 pub struct Owned(pub String);
 
 /// What `runner state show` prints.
-pub fn show(state_dir: &Path, job_id: &JobId) -> Result<String> {
+pub fn show(location: &StateLocation, job_id: &JobId, runtime: &Runtime) -> Result<String> {
+    let state_dir = match location {
+        StateLocation::Dir(dir) => dir,
+        StateLocation::S3(url) => return runtime.block_on(show_s3(url, job_id)),
+    };
     let dir = existing(state_dir, job_id)?;
     let mut text = format!("job `{job_id}` in `{}`\n", dir.path().display());
-    match dir.load_newest() {
-        Ok((Some(record), notes)) => {
-            describe(&mut text, "checkpoint", &record);
-            for note in notes {
-                let _ = writeln!(text, "  note: {note}");
-            }
-        }
-        Ok((None, _)) => text.push_str("checkpoint: none (the job has not saved yet)\n"),
-        Err(error) => {
-            let _ = writeln!(text, "checkpoint: none usable: {error}");
-        }
-    }
+    newest(&mut text, dir.load_newest());
     let _ = writeln!(
         text,
         "{CHECKPOINT}: {}",
@@ -59,7 +57,11 @@ pub fn show(state_dir: &Path, job_id: &JobId) -> Result<String> {
 
 /// Removes a job's state, returning what it removed; an [`Owned`] error if a runner
 /// holds the job.
-pub fn reset(state_dir: &Path, job_id: &JobId) -> Result<String> {
+pub fn reset(location: &StateLocation, job_id: &JobId, runtime: &Runtime) -> Result<String> {
+    let state_dir = match location {
+        StateLocation::Dir(dir) => dir,
+        StateLocation::S3(url) => return runtime.block_on(reset_s3(url, job_id)),
+    };
     let dir = existing(state_dir, job_id)?;
     let lock = match dir.try_lock()? {
         Ok(lock) => lock,
@@ -123,6 +125,55 @@ pub fn reset(state_dir: &Path, job_id: &JobId) -> Result<String> {
         "done. The job's --output directory, if it has one, is not touched: empty it before \
          the job runs again.\n",
     );
+    Ok(text)
+}
+
+/// The newest record as a run would load it, and what the run would say about it.
+fn newest(text: &mut String, loaded: Result<(Option<Record>, Vec<String>), StoreError>) {
+    match loaded {
+        Ok((Some(record), notes)) => {
+            describe(text, "checkpoint", &record);
+            for note in notes {
+                let _ = writeln!(text, "  note: {note}");
+            }
+        }
+        Ok((None, _)) => text.push_str("checkpoint: none (the job has not saved yet)\n"),
+        Err(error) => {
+            let _ = writeln!(text, "checkpoint: none usable: {error}");
+        }
+    }
+}
+
+async fn show_s3(url: &S3Url, job_id: &JobId) -> Result<String> {
+    let job = S3Job::new(url, job_id)?;
+    let Some(found) = job.inspect().await? else {
+        bail!("job `{job_id}` has no state in `{url}`");
+    };
+    let mut text = format!("job `{job_id}` in `{}`\n", job.url());
+    newest(&mut text, found.newest);
+    for (object, slot) in found.generations {
+        let _ = writeln!(text, "{object}: {}", slot_summary(Ok(slot)));
+    }
+    let fence = match found.fence {
+        Ok(fence) => fence.to_string(),
+        Err(problem) => format!("unknown: the head is unusable ({problem})"),
+    };
+    let _ = writeln!(text, "newest fencing number: {fence}");
+    let _ = writeln!(text, "owner: {}", found.owner);
+    Ok(text)
+}
+
+async fn reset_s3(url: &S3Url, job_id: &JobId) -> Result<String> {
+    let job = S3Job::new(url, job_id)?;
+    let removed = job.reset().await?.map_err(Owned)?;
+    if removed.is_empty() {
+        bail!("job `{job_id}` has no state in `{url}`");
+    }
+    let mut text = format!("removing the state of job `{job_id}` in `{}`:\n", job.url());
+    for line in removed {
+        let _ = writeln!(text, "  {line}");
+    }
+    text.push_str("done.\n");
     Ok(text)
 }
 

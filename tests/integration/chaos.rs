@@ -1,11 +1,13 @@
 //! Chaos: `sequence` and `primes` under repeated random interruptions (SIGTERM with a
 //! random grace, zero included; SIGKILL at random instants; SIGKILL in the middle of a
-//! commit), restarted until they complete, then checked record by record.
+//! commit), restarted until they complete, then checked record by record; and `primes`
+//! so with its checkpoints in a bucket (SIGKILL in the middle of a request).
 //!
 //! `CHAOS_INTERRUPTIONS` sets how many interruptions each job gets (20 by default, the
 //! CI's short mode); `CHAOS_SEED` replays a run. The long mode is in the README:
 //! `CHAOS_INTERRUPTIONS=200 cargo test -p runner --test integration chaos -- --nocapture`.
 
+use std::ops::Range;
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -14,7 +16,11 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use test_guests::PRIMES;
 
-use crate::util::{Running, SIGTERM, Sandbox, run, signal_if_alive, takes_sigterm, wait_until};
+use crate::s3::S3Server;
+
+use crate::util::{
+    Running, SIGTERM, Sandbox, primes_below, run, signal_if_alive, takes_sigterm, wait_until,
+};
 
 fn interruptions() -> u32 {
     std::env::var("CHAOS_INTERRUPTIONS")
@@ -49,35 +55,65 @@ impl Tally {
     }
 }
 
-/// Runs `command` once and interrupts it at random; returns whether the job completed.
+/// Where a run is killed inside a commit: at the n-th call of `syscall`, n in `calls`.
+struct Fault {
+    syscall: &'static str,
+    calls: Range<u32>,
+}
+
+/// The local store: the start makes 2 or 3 fsyncs, which the first commit waits for, so
+/// counts from 4 are commits.
+const IN_A_LOCAL_COMMIT: Fault = Fault {
+    syscall: "fsync",
+    calls: 4..16,
+};
+
+/// The S3 store: each request is one writev; the start makes 5 or 6, after which come
+/// commits (two each: the record, the head) and lease renewals.
+const IN_AN_S3_REQUEST: Fault = Fault {
+    syscall: "writev",
+    calls: 6..24,
+};
+
+/// Runs `command` once and interrupts it at random; returns whether the job completed,
+/// and how the run ended.
 fn interrupted_run(
-    command: &Command,
+    template: &Command,
     max_delay: Duration,
+    fault: &Fault,
     rng: &mut StdRng,
     tally: &mut Tally,
-) -> bool {
+) -> (bool, crate::util::Finished) {
     let kind = rng.random_range(0..3);
     let mut command = match kind {
-        // SIGKILL at the n-th fsync of the run: inside a commit (the start makes 2 or 3
-        // fsyncs, which the first commit waits for, so counts from 4 are commits).
+        // SIGKILL at the n-th call of the fault's system call: inside a commit.
         2 => {
             let mut strace = Command::new("strace");
             strace
-                .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=fsync", "-e"])
+                .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                .arg(format!("trace={}", fault.syscall))
+                .arg("-e")
                 .arg(format!(
-                    "inject=fsync:signal=KILL:when={}",
-                    rng.random_range(4..16)
+                    "inject={}:signal=KILL:when={}",
+                    fault.syscall,
+                    rng.random_range(fault.calls.clone())
                 ))
-                .arg(command.get_program())
-                .args(command.get_args());
+                .arg(template.get_program())
+                .args(template.get_args());
             strace
         }
         _ => {
-            let mut plain = Command::new(command.get_program());
-            plain.args(command.get_args());
+            let mut plain = Command::new(template.get_program());
+            plain.args(template.get_args());
             plain
         }
     };
+    for (key, value) in template.get_envs() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
     command.env_remove("RUNNER_STATE_DIR");
     if kind == 0 {
         let grace = if rng.random_bool(0.3) {
@@ -115,7 +151,7 @@ fn interrupted_run(
     }
     let finished = running.wait();
     if finished.status.code() == Some(0) {
-        return true;
+        return (true, finished);
     }
     match kind {
         0 => {
@@ -128,7 +164,7 @@ fn interrupted_run(
         1 => tally.kill += 1,
         _ => tally.kill_in_commit += 1,
     }
-    false
+    (false, finished)
 }
 
 /// Rounds of one job, each a fresh state run to completion under interruptions, until
@@ -137,6 +173,7 @@ fn interrupted_run(
 fn chaos(
     job: &str,
     max_delay: Duration,
+    fault: &Fault,
     command: impl Fn(&Sandbox) -> Command,
     mut check: impl FnMut(&Sandbox, &crate::util::Finished, bool) -> u64,
 ) {
@@ -157,12 +194,15 @@ fn chaos(
                 break;
             }
             let before = tally.interruptions();
-            if interrupted_run(&command(&sandbox), max_delay, &mut rng, &mut tally) {
+            let (completed, interrupted) =
+                interrupted_run(&command(&sandbox), max_delay, fault, &mut rng, &mut tally);
+            if completed {
                 let finished = run(&mut command(&sandbox));
                 finished.assert_code(0);
                 records += check(&sandbox, &finished, true);
                 break;
             }
+            records += check(&sandbox, &interrupted, false);
             assert_eq!(tally.interruptions(), before + 1);
         }
     }
@@ -183,6 +223,7 @@ fn chaos_sequence() {
     chaos(
         "sequence",
         Duration::from_millis(1500),
+        &IN_A_LOCAL_COMMIT,
         |sandbox| sandbox.sequence(LINES),
         |sandbox, _, done| {
             sandbox.assert_sequence_consistent();
@@ -196,21 +237,6 @@ fn chaos_sequence() {
     );
 }
 
-/// The number of primes below `limit`, by a sieve: an independent check of the job.
-fn primes_below(limit: usize) -> usize {
-    let mut composite = vec![false; limit];
-    let mut count = 0;
-    for n in 2..limit {
-        if !composite[n] {
-            count += 1;
-            for multiple in (n.saturating_mul(n)..limit).step_by(n) {
-                composite[multiple] = true;
-            }
-        }
-    }
-    count
-}
-
 #[test]
 fn chaos_primes() {
     const LIMIT: usize = 20_000_000;
@@ -218,12 +244,79 @@ fn chaos_primes() {
     chaos(
         "primes",
         Duration::from_millis(1500),
+        &IN_A_LOCAL_COMMIT,
         |sandbox| {
             let mut command = sandbox.runner();
             command.args([PRIMES, &LIMIT.to_string()]);
             command
         },
-        |_, finished, _| {
+        |_, finished, done| {
+            if !done {
+                return 0;
+            }
+            assert_eq!(finished.stdout.trim(), expected);
+            1
+        },
+    );
+}
+
+#[test]
+fn chaos_primes_s3() {
+    const LIMIT: usize = 20_000_000;
+    let expected = format!("primes below {LIMIT}: {}", primes_below(LIMIT));
+    let server = S3Server::start();
+    // Each round's job under a prefix of its own.
+    let prefix = |sandbox: &Sandbox| {
+        let name = sandbox
+            .path()
+            .file_name()
+            .expect("a name")
+            .to_string_lossy();
+        format!("chaos-{}", name.trim_start_matches('.'))
+    };
+    // The newest checkpoint of the round (of its prefix) so far: no run may go back on it.
+    let mut newest = (String::new(), 0);
+    chaos(
+        "primes-s3",
+        Duration::from_millis(1500),
+        &IN_AN_S3_REQUEST,
+        |sandbox| {
+            let mut command = server.runner(sandbox, &prefix(sandbox));
+            // A killed runner keeps its successor waiting for its lease: keep it short.
+            command.args(["--lease", "1s", PRIMES, &LIMIT.to_string()]);
+            command
+        },
+        |sandbox, finished, done| {
+            // After every run, the job's state reads as it should: no record the head
+            // names is damaged or missing, so nothing falls back.
+            let prefix = prefix(sandbox);
+            if newest.0 != prefix {
+                newest = (prefix.clone(), 0);
+            }
+            let shown = run(&mut server.state("show", &prefix, "primes"));
+            if shown.code() == 2 {
+                // Killed before it took the job: nothing was written.
+                shown.assert_stderr("has no state");
+            } else {
+                let sequence = server.head(&prefix, "primes")["latest"]["sequence"]
+                    .as_u64()
+                    .unwrap_or(0);
+                assert!(
+                    sequence >= newest.1,
+                    "checkpoint {sequence} after {}",
+                    newest.1
+                );
+                newest.1 = sequence;
+                shown.assert_code(0);
+                assert!(
+                    !shown.stdout.contains("unusable") && !shown.stdout.contains("note:"),
+                    "{}",
+                    shown.stdout
+                );
+            }
+            if !done {
+                return 0;
+            }
             assert_eq!(finished.stdout.trim(), expected);
             1
         },

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::util::Sandbox;
 
-const MANIFESTS: [&str; 2] = ["job.yaml", "indexed-job.yaml"];
+const MANIFESTS: [&str; 3] = ["job.yaml", "indexed-job.yaml", "indexed-job-s3.yaml"];
 
 /// The oldest Kubernetes the manifests claim to need, and the newest schema we have.
 const VERSIONS: [&str; 2] = ["1.31.0", "1.37.0"];
@@ -115,6 +115,12 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
         Outcome::Forced(StopReason::Interrupt),
         Outcome::Forced(StopReason::Terminate),
     ]);
+    // With the state in a bucket, pods of one job may overlap (a partitioned node): the
+    // one fenced off or kept out is not a failure, as another carries the job on.
+    let owned_elsewhere = codes(&[
+        Outcome::Forced(StopReason::Fenced),
+        Outcome::Locked(String::new()),
+    ]);
     for manifest in MANIFESTS {
         let jobs = jobs(manifest);
         assert_eq!(jobs.len(), 1, "{manifest}");
@@ -174,23 +180,47 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
                 ignores_disruptions = true;
             }
         }
+        let env = container["env"].as_array().expect("env");
+        let state_dir = env
+            .iter()
+            .find(|var| var["name"] == "RUNNER_STATE_DIR")
+            .and_then(|var| var["value"].as_str());
+        let in_a_bucket = state_dir.is_some_and(|dir| dir.starts_with("s3://"));
         assert_eq!(fail, job_errors, "{manifest}: the codes that fail fast");
-        assert_eq!(ignore, stopped, "{manifest}: the codes of a stopped job");
+        let expected: BTreeSet<u64> = if in_a_bucket {
+            stopped.union(&owned_elsewhere).copied().collect()
+        } else {
+            stopped.clone()
+        };
+        assert_eq!(ignore, expected, "{manifest}: the codes of a stopped job");
         assert!(ignores_disruptions, "{manifest}");
         assert_eq!(
             container["terminationMessagePolicy"], "FallbackToLogsOnError",
             "{manifest}"
         );
         let mounts = container["volumeMounts"].as_array().expect("mounts");
-        assert!(
+        // The image's RUNNER_STATE_DIR is /state: a volume there, or state elsewhere.
+        assert_eq!(
             mounts.iter().any(|mount| mount["mountPath"] == "/state"),
-            "{manifest}: no volume for the state"
+            state_dir.is_none(),
+            "{manifest}: a volume for the state exactly when it is kept in /state"
         );
+        if let Some(dir) = state_dir {
+            assert!(in_a_bucket, "{manifest}: RUNNER_STATE_DIR {dir}");
+            let url = runner::checkpoint::s3::S3Url::parse(dir);
+            assert!(matches!(url, Some(Ok(_))), "{manifest}: {dir}");
+        }
     }
 
-    // Each index passes its number on to the job, which has as many shards as the Job
-    // has completions.
-    let indexed = &jobs("indexed-job.yaml")[0]["spec"];
+    for manifest in ["indexed-job.yaml", "indexed-job-s3.yaml"] {
+        check_shards(manifest);
+    }
+}
+
+/// Each index passes its number on to the job, which has as many shards as the Job has
+/// completions.
+fn check_shards(manifest: &str) {
+    let indexed = &jobs(manifest)[0]["spec"];
     assert_eq!(indexed["completionMode"], "Indexed");
     let args = &indexed["template"]["spec"]["containers"][0]["args"];
     let args: Vec<&str> = args
@@ -199,9 +229,13 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(args.contains(&"--env=JOB_COMPLETION_INDEX"), "{args:?}");
+    assert!(
+        args.contains(&"--env=JOB_COMPLETION_INDEX"),
+        "{manifest}: {args:?}"
+    );
     assert_eq!(
         args.last().and_then(|shards| shards.parse::<u64>().ok()),
-        indexed["completions"].as_u64()
+        indexed["completions"].as_u64(),
+        "{manifest}"
     );
 }

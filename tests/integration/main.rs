@@ -15,6 +15,7 @@ mod outcomes;
 mod ownership;
 mod pid1;
 mod resume;
+mod s3;
 mod sdk;
 mod stop;
 mod util;

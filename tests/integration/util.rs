@@ -152,6 +152,8 @@ pub fn bare_runner() -> Command {
         .env_remove("RUNNER_CACHE_DIR")
         .env_remove("RUNNER_LOG_FORMAT")
         .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("RUNNER_LEASE")
+        .env_remove("RUNNER_LOCK_TIMEOUT")
         // Not the default /dev/termination-log, should the tests run in a pod.
         .env("RUNNER_TERMINATION_LOG", "/dev/null");
     command
@@ -443,4 +445,19 @@ pub fn state_field(payload: &[u8], pointer: &str) -> u64 {
         .pointer(pointer)
         .and_then(serde_json::Value::as_u64)
         .unwrap_or_else(|| panic!("no whole number at {pointer} in {saved}"))
+}
+
+/// The number of primes below `limit`, by a sieve: an independent check of the job.
+pub fn primes_below(limit: usize) -> usize {
+    let mut composite = vec![false; limit];
+    let mut count = 0;
+    for n in 2..limit {
+        if !composite[n] {
+            count += 1;
+            for multiple in (n.saturating_mul(n)..limit).step_by(n) {
+                composite[multiple] = true;
+            }
+        }
+    }
+    count
 }

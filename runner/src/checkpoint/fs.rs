@@ -39,7 +39,7 @@ use std::thread::JoinHandle;
 use tempfile::NamedTempFile;
 
 use super::format::FormatError;
-use super::{JobId, Loaded, MAX_STATE_LEN, Record, Store, StoreError};
+use super::{JobId, Loaded, MAX_RECORD_LEN, Newest, Record, Slot, Store, StoreError, choose};
 
 /// The newest record.
 pub const CHECKPOINT: &str = "checkpoint";
@@ -50,25 +50,11 @@ pub const FENCE: &str = "fence";
 /// The lock file.
 pub const LOCK: &str = "lock";
 const TEMP_PREFIX: &str = ".tmp.";
-/// No record is larger (the state, and room for the list of output files): a file that
-/// is, is not read, and a commit that would write one fails.
-const MAX_RECORD_LEN: u64 = MAX_STATE_LEN + (64 << 20);
 
 /// A job's directory in the state directory, not (yet) owned.
 #[derive(Debug, Clone)]
 pub struct JobDir {
     dir: PathBuf,
-}
-
-/// What one generation's file holds.
-#[derive(Debug)]
-pub enum Slot {
-    /// No file.
-    Missing,
-    /// A usable record.
-    Usable(Record),
-    /// A file that is not a usable record, and why.
-    Unusable(String),
 }
 
 /// The lock on a job, held until dropped.
@@ -93,6 +79,11 @@ impl JobDir {
     /// The path of one of the job's files.
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// The paths of the two generations, as messages show them.
+    fn names(&self) -> [String; 2] {
+        [CHECKPOINT, PREVIOUS].map(|name| self.file(name).display().to_string())
     }
 
     /// Creates the directory if needed and checks that files can be written in it, so
@@ -204,7 +195,7 @@ impl JobDir {
     pub fn load_newest(&self) -> Result<(Option<Record>, Vec<String>), StoreError> {
         let mut notes = Vec::new();
         let (record, _) = choose(
-            self,
+            self.names(),
             self.read_slot(CHECKPOINT)?,
             self.read_slot(PREVIOUS)?,
             &mut notes,
@@ -317,7 +308,8 @@ fn holder(file: &mut File) -> String {
     }
 }
 
-fn hostname() -> String {
+/// This host's name, for people.
+pub(crate) fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "this host".to_owned())
@@ -365,16 +357,6 @@ pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|dir| dir.sync_all())
         .map_err(StoreError::io("fsync directory", dir))
-}
-
-/// Which file holds the newest usable record, for the next commit's rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Newest {
-    /// `checkpoint`: rotate it to `checkpoint.prev` before replacing it.
-    Latest,
-    /// `checkpoint.prev`, or nothing: `checkpoint` is missing or unusable, and is
-    /// replaced without touching the previous generation.
-    NotLatest,
 }
 
 /// A job's checkpoints in a local directory, owned by this run.
@@ -457,7 +439,7 @@ impl Claim {
                     _ => None,
                 })
                 .collect();
-            let (record, newest) = choose(&dir, latest, previous, &mut loaded.notes)?;
+            let (record, newest) = choose(dir.names(), latest, previous, &mut loaded.notes)?;
             (record, newest, fences)
         };
         loaded.record = record;
@@ -585,62 +567,6 @@ impl LocalStore {
             }),
         }
     }
-}
-
-/// Picks the newest usable generation, noting any fallback.
-fn choose(
-    dir: &JobDir,
-    latest: Slot,
-    previous: Slot,
-    notes: &mut Vec<String>,
-) -> Result<(Option<Record>, Newest), StoreError> {
-    let shown = |name| dir.file(name).display().to_string();
-    Ok(match (latest, previous) {
-        (Slot::Usable(latest), Slot::Usable(previous)) if previous.sequence > latest.sequence => {
-            (Some(previous), Newest::NotLatest)
-        }
-        (Slot::Usable(latest), Slot::Unusable(problem)) => {
-            notes.push(format!(
-                "the previous checkpoint generation `{}` is unusable ({problem}); the newest \
-                 is intact and the next checkpoint replaces it",
-                shown(PREVIOUS)
-            ));
-            (Some(latest), Newest::Latest)
-        }
-        (Slot::Usable(latest), _) => (Some(latest), Newest::Latest),
-        (Slot::Unusable(problem), Slot::Usable(previous)) => {
-            notes.push(format!(
-                "checkpoint `{}` is unusable ({problem}): falling back to the previous \
-                 generation `{}`, checkpoint {}",
-                shown(CHECKPOINT),
-                shown(PREVIOUS),
-                previous.sequence
-            ));
-            (Some(previous), Newest::NotLatest)
-        }
-        (Slot::Missing, Slot::Usable(previous)) => {
-            notes.push(format!(
-                "`{}` is missing (a commit was cut off between its renames): resuming from \
-                 the previous generation `{}`, checkpoint {}",
-                shown(CHECKPOINT),
-                shown(PREVIOUS),
-                previous.sequence
-            ));
-            (Some(previous), Newest::NotLatest)
-        }
-        (Slot::Missing, Slot::Missing) => (None, Newest::NotLatest),
-        (latest, previous) => {
-            let describe = |name, slot| match slot {
-                Slot::Unusable(problem) => format!("`{}` is unusable ({problem})", shown(name)),
-                _ => format!("`{}` is missing", shown(name)),
-            };
-            return Err(StoreError::NoUsableCheckpoint(format!(
-                "{}, and {}",
-                describe(CHECKPOINT, latest),
-                describe(PREVIOUS, previous)
-            )));
-        }
-    })
 }
 
 impl Store for LocalStore {

@@ -9,6 +9,7 @@
 pub mod format;
 pub mod fs;
 pub mod output;
+pub mod s3;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,6 +21,10 @@ pub use format::{OutputLen, Record};
 /// A record is written, and read back at the next start, in one piece: the bound keeps
 /// the record, and the memory a load takes, within reason.
 pub const MAX_STATE_LEN: u64 = 256 << 20;
+
+/// No record is larger (the state, and room for the list of output files): a stored one
+/// that is, is not read, and a commit that would write one fails.
+pub(crate) const MAX_RECORD_LEN: u64 = MAX_STATE_LEN + (64 << 20);
 
 /// A job's identity in the state directory: one directory per id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +75,17 @@ pub enum StoreError {
         /// The operating system's error.
         source: std::io::Error,
     },
+    /// A request to the object store failed; the message names the request, the object
+    /// and every cause the client gave.
+    #[error("cannot {action} `{object}`: {}", causes(&**cause))]
+    Remote {
+        /// What the store was doing, such as "write".
+        action: &'static str,
+        /// The object's URL.
+        object: String,
+        /// What went wrong; not a `source`, as the message already says what matters.
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The new record was renamed into place, but the directory could not be fsynced:
     /// it is the current record now, yet may not survive a crash.
     #[error("the new checkpoint is in place but may not survive a crash: {0}")]
@@ -115,6 +131,31 @@ impl StoreError {
     }
 }
 
+/// An error and, unless its text already says it, its root cause: clients wrap a cause
+/// in layers that repeat each other, and the innermost (a refused connection, a DNS
+/// failure) is often the one that matters.
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    // One line: a server's XML error body has line breaks.
+    let one_line = |error: &dyn std::error::Error| {
+        error
+            .to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let text = one_line(error);
+    let mut root = error;
+    while let Some(cause) = root.source() {
+        root = cause;
+    }
+    let root_text = one_line(root);
+    if text.contains(&root_text) {
+        text
+    } else {
+        format!("{text}: {root_text}")
+    }
+}
+
 /// What a run found in the store when it took ownership of the job.
 #[derive(Debug, Default)]
 pub struct Loaded {
@@ -140,6 +181,80 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// run that is no longer the job's owner gets [`StoreError::Fenced`] and changes
     /// nothing.
     fn commit(&self, record: &Record) -> Result<(), StoreError>;
+}
+
+/// What one generation holds.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    /// No file or object.
+    Missing,
+    /// A usable record.
+    Usable(Record),
+    /// Something that is not a usable record, and why.
+    Unusable(String),
+}
+
+/// Which generation holds the newest usable record, for the next commit's rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Newest {
+    /// The latest: it becomes the previous generation when the next commit replaces it.
+    Latest,
+    /// The previous one, or none: the latest is missing or unusable, and the next commit
+    /// replaces it without touching the previous generation.
+    NotLatest,
+}
+
+/// Picks the newest usable generation (`latest`, the newest record as last committed, and
+/// `previous`, the one before it, shown in messages as the two names), noting any
+/// fallback.
+pub(crate) fn choose(
+    [latest_name, previous_name]: [String; 2],
+    latest: Slot,
+    previous: Slot,
+    notes: &mut Vec<String>,
+) -> Result<(Option<Record>, Newest), StoreError> {
+    Ok(match (latest, previous) {
+        (Slot::Usable(latest), Slot::Usable(previous)) if previous.sequence > latest.sequence => {
+            (Some(previous), Newest::NotLatest)
+        }
+        (Slot::Usable(latest), Slot::Unusable(problem)) => {
+            notes.push(format!(
+                "the previous checkpoint generation `{}` is unusable ({problem}); the newest \
+                 is intact and the next checkpoint replaces it",
+                previous_name
+            ));
+            (Some(latest), Newest::Latest)
+        }
+        (Slot::Usable(latest), _) => (Some(latest), Newest::Latest),
+        (Slot::Unusable(problem), Slot::Usable(previous)) => {
+            notes.push(format!(
+                "checkpoint `{}` is unusable ({problem}): falling back to the previous \
+                 generation `{}`, checkpoint {}",
+                latest_name, previous_name, previous.sequence
+            ));
+            (Some(previous), Newest::NotLatest)
+        }
+        (Slot::Missing, Slot::Usable(previous)) => {
+            notes.push(format!(
+                "`{}` is missing (a commit was cut off between its renames): resuming from \
+                 the previous generation `{}`, checkpoint {}",
+                latest_name, previous_name, previous.sequence
+            ));
+            (Some(previous), Newest::NotLatest)
+        }
+        (Slot::Missing, Slot::Missing) => (None, Newest::NotLatest),
+        (latest, previous) => {
+            let describe = |name, slot| match slot {
+                Slot::Unusable(problem) => format!("`{name}` is unusable ({problem})"),
+                _ => format!("`{name}` is missing"),
+            };
+            return Err(StoreError::NoUsableCheckpoint(format!(
+                "{}, and {}",
+                describe(&latest_name, latest),
+                describe(&previous_name, previous)
+            )));
+        }
+    })
 }
 
 #[cfg(test)]
