@@ -197,9 +197,10 @@ pub struct RunArgs {
 
     /// With s3:// state: how long this run's ownership of the job outlives its last
     /// renewal (it renews every third of it). A runner that dies without releasing the
-    /// job (SIGKILL, a lost node) keeps the next run waiting this long at most; one that
-    /// is only cut off from the bucket loses the job, and its next save fails with
-    /// `fenced`, once another run has taken it over.
+    /// job (SIGKILL, a lost node) keeps the next run waiting this long at most. One that
+    /// is only cut off from the bucket fails its saves with `io` meanwhile; once another
+    /// run has taken the job over, its next save (or renewal) finds out and stops its job
+    /// (`fenced`, exit 69).
     #[arg(long, value_name = "DURATION", env = "RUNNER_LEASE", default_value = "30s",
           value_parser = parse_lease)]
     pub lease: Duration,

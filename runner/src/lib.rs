@@ -181,12 +181,19 @@ async fn execute(
     }
     .await;
     if let Some(lease) = lease {
-        // Bounded: a forced stop must still end before the orchestrator's SIGKILL, and a
-        // lease left unreleased only runs out.
-        let lost = tokio::time::timeout(RELEASE_TIMEOUT, lease.release()).await;
+        // Bounded: after a forced stop the runner must still exit well before the
+        // orchestrator's SIGKILL; a lease left unreleased only runs out.
+        let forced = matches!(outcome, Ok(Outcome::Forced(_)));
+        let lost = lease
+            .release(if forced {
+                RELEASE_TIMEOUT
+            } else {
+                RELEASE_TIMEOUT * 5
+            })
+            .await;
         // Taken over after its last save: only the new owner's state counts, and the
         // job is not done.
-        if lost == Ok(true)
+        if lost
             && matches!(
                 outcome,
                 Ok(Outcome::Completed | Outcome::Suspended | Outcome::Exited(0))
@@ -199,7 +206,8 @@ async fn execute(
     outcome
 }
 
-/// How long the end of a run waits to release a job kept in a bucket.
+/// How long the end of a forced stop waits to release a job kept in a bucket (five times
+/// as long after a run that ended otherwise).
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where the job's state is, before the run owns it.

@@ -1,7 +1,8 @@
 //! Chaos: `sequence` and `primes` under repeated random interruptions (SIGTERM with a
 //! random grace, zero included; SIGKILL at random instants; SIGKILL in the middle of a
 //! commit), restarted until they complete, then checked record by record; and `primes`
-//! so with its checkpoints in a bucket (SIGKILL in the middle of a request).
+//! so with its checkpoints in a bucket (SIGKILL at a request, as a commit's record is
+//! uploaded or its head swapped).
 //!
 //! `CHAOS_INTERRUPTIONS` sets how many interruptions each job gets (20 by default, the
 //! CI's short mode); `CHAOS_SEED` replays a run. The long mode is in the README:
@@ -68,11 +69,13 @@ const IN_A_LOCAL_COMMIT: Fault = Fault {
     calls: 4..16,
 };
 
-/// The S3 store: each request is one writev; the start makes 5 or 6, after which come
-/// commits (two each: the record, the head) and lease renewals.
+/// The S3 store: each request is one writev, and the kill comes as it starts (before the
+/// request is sent). The start makes 6 or 7 requests, after which come commits (two
+/// each: the record, then the head) and lease renewals: a kill between a commit's
+/// upload and its swap, before either, or before a renewal.
 const IN_AN_S3_REQUEST: Fault = Fault {
     syscall: "writev",
-    calls: 6..24,
+    calls: 7..24,
 };
 
 /// Runs `command` once and interrupts it at random; returns whether the job completed,

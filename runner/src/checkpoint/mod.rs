@@ -177,7 +177,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Replaces the committed record with `record`. When it returns `Ok` the record is
     /// on stable storage. If it fails (other than with [`StoreError::NotDurable`]) or the
-    /// process dies during the call, the previous record is still the committed one. A
+    /// process dies during the call, the previous record is still the committed one;
+    /// except that a request to an object store whose reply was lost may have landed, so
+    /// that `record` is the committed one (a save of the same sequence replaces it). A
     /// run that is no longer the job's owner gets [`StoreError::Fenced`] and changes
     /// nothing.
     fn commit(&self, record: &Record) -> Result<(), StoreError>;

@@ -9,18 +9,20 @@
 //! The head is the only object that is ever replaced, and only by compare-and-swap: each
 //! write of it is a PUT with `If-Match` on the ETag this run last saw (`If-None-Match: *`
 //! for a job's first), which S3 refuses with 412 if anyone wrote it since. A run owns the
-//! job from the moment its write of a head with a fencing number one above the one it
-//! replaced is accepted, until another run's is.
+//! job from the moment its write of a head with a fencing number above any before (one
+//! above the head it replaced, or above every record's) is accepted, until another
+//! run's is.
 //!
 //! A commit PUTs the record under a name only this run uses (its fencing number, the
 //! record's sequence and the run's random identity), then swaps the head to point at it,
 //! the record before it becoming the previous generation. The swap is the commit point:
 //! once S3 accepts it the commit is whole and durable, and until then the head names the
-//! old records. A run that has lost the job fails the swap, because the head it last saw
-//! is gone, and its save gets `fenced`; the record it wrote is named by no head, and a
-//! later owner removes it when it takes the job. A stale owner can therefore never change
-//! what the head names, and a record object is never rewritten by another run: newer
-//! state is safe from it.
+//! old records (a swap whose reply was lost may have landed: the run finds its own head
+//! at its next write and goes on from it). A run that has lost the job fails the swap,
+//! because the head it last saw is gone, and its save gets `fenced`; the record it wrote
+//! is named by no head, and the first owner to take the job after it was written removes
+//! it. A stale owner can therefore never change what the head names, and a record object
+//! is never written by another run than its own: newer state is safe from it.
 //!
 //! Ownership needs no live process to release it. The owner renews its lease by
 //! rewriting the head every third of its lease (`--lease`, 30 s by default) and releases
@@ -361,9 +363,17 @@ impl S3Job {
         }
     }
 
-    /// Refuses a server that ignores conditional writes: on it, no fencing would hold.
+    /// Refuses a server that ignores conditional writes: on it, no fencing would hold. The
+    /// probe object exists (it is written first), so only a server that compares ETags
+    /// refuses the write.
     async fn check_preconditions(&self) -> Result<(), StoreError> {
+        const ACTION: &str =
+            "check that conditional writes (If-Match), which the runner needs, work with";
         let path = self.object(PROBE);
+        self.client
+            .put(&path, PutPayload::from_static(b"probe"))
+            .await
+            .map_err(self.remote(ACTION, &path))?;
         let mode = PutMode::Update(UpdateVersion {
             e_tag: Some("\"no-object-has-this-etag\"".to_owned()),
             version: None,
@@ -378,20 +388,14 @@ impl S3Job {
             .await
         {
             Err(object_store::Error::Precondition { .. }) => Ok(()),
-            Err(error) => Err(self.remote(
-                "check that conditional writes (If-Match), which the runner needs, work with",
-                &path,
-            )(error)),
-            Ok(_) => {
-                let _ = self.client.delete(&path).await;
-                Err(StoreError::Remote {
-                    action: "use",
-                    object: self.url(),
-                    cause: "the server ignored a conditional write (If-Match): it cannot fence a \
-                             stale owner off, so the runner does not keep checkpoints on it"
-                        .into(),
-                })
-            }
+            Err(error) => Err(self.remote(ACTION, &path)(error)),
+            Ok(_) => Err(StoreError::Remote {
+                action: "use",
+                object: self.url(),
+                cause: "the server ignored a conditional write (If-Match): it cannot fence a \
+                        stale owner off, so the runner does not keep checkpoints on it"
+                    .into(),
+            }),
         }
     }
 
@@ -515,7 +519,7 @@ impl S3Job {
             Err(error) => {
                 // The job is this run's, but it will not run: let the next run have it
                 // without waiting for the lease.
-                store.release().await;
+                store.release(Duration::from_secs(2)).await;
                 Err(error)
             }
         }
@@ -911,7 +915,8 @@ struct State {
     head: Head,
     etag: String,
     newest: Newest,
-    /// The newest fencing number, once another run took the job over.
+    /// Once another run took the job over: its fencing number as the head showed it (or
+    /// why it is unknown).
     lost: Option<String>,
     /// Whether this run has released the job.
     released: bool,
@@ -921,25 +926,28 @@ impl Owner {
     /// Starts removing the records no head names (a crashed commit's, a stale owner's)
     /// and loads the newest usable record the head names.
     async fn load(&self, notes: &mut Vec<String>) -> Result<Option<Record>, StoreError> {
-        let mut state = self.state.lock().await;
+        // Not under the lock: the lease's renewal must not wait for a large download.
+        let head = self.state.lock().await.head.clone();
         self.clean_up({
             let (job, fence) = (self.job.clone(), self.fence);
-            let keep: Vec<String> = state.head.names().map(str::to_owned).collect();
+            let keep: Vec<String> = head.names().map(str::to_owned).collect();
             async move { job.remove_unnamed(keep, fence).await }
         });
-        let latest = self.job.read_slot(state.head.latest.as_ref()).await?;
-        let previous = self.job.read_slot(state.head.previous.as_ref()).await?;
-        let names = self.job.generation_names(&state.head);
+        let latest = self.job.read_slot(head.latest.as_ref()).await?;
+        let previous = self.job.read_slot(head.previous.as_ref()).await?;
+        let names = self.job.generation_names(&head);
         let (record, newest) = choose(names, latest, previous, notes)?;
-        state.newest = newest;
+        // No commit came meanwhile: the job has not started.
+        self.state.lock().await.newest = newest;
         Ok(record)
     }
 
+    /// Removes records on the side; finished removals are let go at once, the rest are
+    /// waited for at the release.
     fn clean_up(&self, removal: impl Future<Output = ()> + Send + 'static) {
-        self.cleanup
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .spawn(removal);
+        let mut cleanup = self.cleanup.lock().unwrap_or_else(PoisonError::into_inner);
+        while cleanup.try_join_next().is_some() {}
+        cleanup.spawn(removal);
     }
 
     /// Swaps `next` in for the head this run last wrote. Refused (412) when anyone wrote
@@ -1053,6 +1061,35 @@ impl Owner {
         Ok(())
     }
 
+    /// Clears the head's owner; returns whether the job had been taken over.
+    async fn release(&self) -> bool {
+        let mut state = self.state.lock().await;
+        let lost = if state.lost.is_some() {
+            true
+        } else if state.released {
+            false
+        } else {
+            let mut next = state.head.clone();
+            next.owner = None;
+            next.beat += 1;
+            next.renewed_ms = now_ms();
+            match self.write_head(&mut state, next).await {
+                Ok(()) => false,
+                Err(StoreError::Fenced { .. }) => true,
+                Err(error) => {
+                    tracing::warn!(
+                        "cannot release job `{}`: {error}; the next run waits up to {} for it",
+                        self.job.url(),
+                        format_duration(whole_ms(state.head.lease()))
+                    );
+                    false
+                }
+            }
+        };
+        state.released = true;
+        lost
+    }
+
     /// Rewrites the head with a new beat; `Ok(false)` once the run has released the job,
     /// `Err` once it lost it.
     async fn renew(&self) -> Result<bool, StoreError> {
@@ -1109,38 +1146,30 @@ impl S3Store {
     }
 
     /// Gives the job up, so that the next run takes it without waiting for the lease to
-    /// run out, and waits for the removal of records no head names. No commit succeeds
-    /// after it. Returns whether another run had taken the job over.
-    pub async fn release(&self) -> bool {
+    /// run out, then lets the removal of records no head names finish: all within
+    /// `bound` (what is left then is removed by a later owner). No commit succeeds after
+    /// it. Returns whether this run found that another had taken the job over.
+    pub async fn release(&self, bound: Duration) -> bool {
         let owner = &self.owner;
-        let mut state = owner.state.lock().await;
-        let lost = if state.lost.is_some() {
-            true
-        } else if state.released {
-            false
-        } else {
-            let mut next = state.head.clone();
-            next.owner = None;
-            next.beat += 1;
-            next.renewed_ms = now_ms();
-            match owner.write_head(&mut state, next).await {
-                Ok(()) => false,
-                Err(StoreError::Fenced { .. }) => true,
-                Err(error) => {
-                    tracing::warn!(
-                        "cannot release job `{}`: {error}; the next run waits up to {} for it",
-                        owner.job.url(),
-                        format_duration(whole_ms(state.head.lease()))
-                    );
-                    false
-                }
+        let deadline = tokio::time::Instant::now() + bound;
+        let lost = match tokio::time::timeout_at(deadline, owner.release()).await {
+            Ok(lost) => lost,
+            // Behind a head swap that is taking long: the lease runs out instead.
+            Err(_) => {
+                tracing::warn!(
+                    "cannot release job `{}` within {}: the next run may wait for its lease",
+                    owner.job.url(),
+                    format_duration(bound)
+                );
+                false
             }
         };
-        state.released = true;
-        drop(state);
         let mut cleanup =
             std::mem::take(&mut *owner.cleanup.lock().unwrap_or_else(PoisonError::into_inner));
-        while cleanup.join_next().await.is_some() {}
+        let _ = tokio::time::timeout_at(deadline, async {
+            while cleanup.join_next().await.is_some() {}
+        })
+        .await;
         lost
     }
 }
