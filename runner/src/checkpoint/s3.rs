@@ -64,8 +64,8 @@ use crate::cli::format_duration;
 pub const HEAD: &str = "head";
 /// The folder of the job's records.
 pub const RECORDS: &str = "records";
-/// The object a run writes with a precondition that must fail, to check that the server
-/// honours conditional writes.
+/// The object a run writes, then writes again with an `If-Match` that must fail, to check
+/// that the server honours conditional writes.
 const PROBE: &str = "precondition-probe";
 /// The head's format; a head of a higher one is a newer runner's.
 const HEAD_FORMAT: u32 = 1;
@@ -176,6 +176,15 @@ struct Generation {
 impl Head {
     fn lease(&self) -> Duration {
         Duration::from_millis(self.lease_ms)
+    }
+
+    /// A copy to write next: a new beat, renewed now.
+    fn renewed(&self) -> Head {
+        Head {
+            beat: self.beat + 1,
+            renewed_ms: now_ms(),
+            ..self.clone()
+        }
     }
 
     /// The names of the records it refers to.
@@ -438,37 +447,40 @@ impl S3Job {
     /// The highest fencing number among the job's record objects: what a head that is
     /// lost or damaged leaves to go by.
     async fn newest_record_fence(&self) -> Result<u64, StoreError> {
+        let records = self.records().await?;
+        Ok(records.iter().map(|(_, fence)| *fence).max().unwrap_or(0))
+    }
+
+    /// The job's record objects and their fencing numbers.
+    async fn records(&self) -> Result<Vec<(ObjectPath, u64)>, StoreError> {
         let folder = self.base.clone().join(RECORDS);
         let mut listing = self.client.list(Some(&folder));
-        let mut newest = 0;
+        let mut records = Vec::new();
         while let Some(meta) = listing.next().await {
             let meta = meta.map_err(self.remote("list", &folder))?;
             if let Some(fence) = meta.location.filename().and_then(record_fence) {
-                newest = newest.max(fence);
+                records.push((meta.location, fence));
             }
         }
-        Ok(newest)
+        Ok(records)
     }
-
     /// Removes the record objects no head names any more: those of commits that failed
     /// their swap (this run's own, or a stale owner's) and of generations replaced.
     /// Only for the owner, whose head it reads `keep` from.
     async fn remove_unnamed(&self, keep: Vec<String>, below: u64) {
-        let folder = self.base.clone().join(RECORDS);
-        let mut listing = self.client.list(Some(&folder));
-        while let Some(Ok(meta)) = listing.next().await {
-            let Some(name) = meta.location.filename() else {
-                continue;
-            };
+        let Ok(records) = self.records().await else {
+            return;
+        };
+        for (path, fence) in records {
             // Only older runs' records: this run's are its own business.
-            if record_fence(name).is_some_and(|fence| fence < below)
-                && !keep.iter().any(|kept| kept == name)
-            {
-                let _ = self.client.delete(&meta.location).await;
+            let named = path
+                .filename()
+                .is_some_and(|name| keep.iter().any(|kept| kept == name));
+            if fence < below && !named {
+                let _ = self.client.delete(&path).await;
             }
         }
     }
-
     /// Takes ownership of the job: waits while another run owns it and renews its lease
     /// (up to `--lock-timeout`), or until its lease runs out; then swaps in a head with a
     /// fencing number one above the last, starts renewing the lease and loads the newest
@@ -814,23 +826,18 @@ impl S3Job {
                 Err(PutHeadError::Other(error)) => return Err(error),
             }
         }
-        let up_to = match up_to {
-            Some(fence) => fence,
-            None => self.newest_record_fence().await?,
-        };
-        let folder = self.base.clone().join(RECORDS);
-        let mut listing = self.client.list(Some(&folder));
-        while let Some(meta) = listing.next().await {
-            let meta = meta.map_err(self.remote("list", &folder))?;
-            let name = meta.location.filename().unwrap_or_default();
-            if record_fence(name).is_none_or(|fence| fence > up_to) {
+        let records = self.records().await?;
+        let up_to =
+            up_to.unwrap_or_else(|| records.iter().map(|(_, fence)| *fence).max().unwrap_or(0));
+        for (path, fence) in records {
+            if fence > up_to {
                 continue;
             }
             self.client
-                .delete(&meta.location)
+                .delete(&path)
                 .await
-                .map_err(self.remote("remove", &meta.location))?;
-            removed.push(format!("{}: removed", self.shown(&meta.location)));
+                .map_err(self.remote("remove", &path))?;
+            removed.push(format!("{}: removed", self.shown(&path)));
         }
         Ok(Ok(removed))
     }
@@ -1030,7 +1037,7 @@ impl Owner {
 
         let mut state = self.state.lock().await;
         self.still_owned(&state)?;
-        let mut next = state.head.clone();
+        let mut next = state.head.renewed();
         // The same sequence again (a commit that failed, or seemed to) replaces itself.
         let replaces_itself = next
             .latest
@@ -1040,8 +1047,6 @@ impl Owner {
             next.previous = next.latest.take();
         }
         next.latest = Some(Generation { name, sequence });
-        next.beat += 1;
-        next.renewed_ms = now_ms();
         let before: Vec<String> = state.head.names().map(str::to_owned).collect();
         self.write_head(&mut state, next).await?;
         state.newest = Newest::Latest;
@@ -1069,10 +1074,8 @@ impl Owner {
         } else if state.released {
             false
         } else {
-            let mut next = state.head.clone();
+            let mut next = state.head.renewed();
             next.owner = None;
-            next.beat += 1;
-            next.renewed_ms = now_ms();
             match self.write_head(&mut state, next).await {
                 Ok(()) => false,
                 Err(StoreError::Fenced { .. }) => true,
@@ -1098,9 +1101,7 @@ impl Owner {
             return Ok(false);
         }
         self.still_owned(&state)?;
-        let mut next = state.head.clone();
-        next.beat += 1;
-        next.renewed_ms = now_ms();
+        let next = state.head.renewed();
         self.write_head(&mut state, next).await.map(|()| true)
     }
 }
