@@ -1,14 +1,9 @@
 //! What `#[guest_sdk::job]` expands to needs; not part of the API.
 
-wit_bindgen::generate!({
-    path: "../wit",
-    world: "runner:job/job",
-    pub_export_macro: true,
-    generate_all,
-});
-
+pub use crate::bindings::*;
 use crate::checkpoint::Stopped;
-use crate::context::{Ctx, State};
+use crate::context::Ctx;
+use crate::state::State;
 
 /// What the exported `run` returns.
 pub type RunResult = Result<Outcome, String>;

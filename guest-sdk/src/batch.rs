@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::checkpoint::Stopped;
-use crate::context::{Shared, State};
 use crate::control::{report_progress, shutdown_requested};
+use crate::state::{Shared, State};
 use crate::{Error, Result};
 
 /// How often a batch saves unless told otherwise.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::__private::runner::job::checkpoint;
+use crate::bindings::runner::job::checkpoint;
 
 /// Why a checkpoint was not saved. The state saved before is still the current one.
 ///

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::__private::runner::job::{lifecycle, progress};
-use crate::__private::wasi::cli::exit::exit_with_code;
-use crate::__private::wasi::clocks::monotonic_clock;
-use crate::__private::wasi::io::poll::poll;
+use crate::bindings::runner::job::{lifecycle, progress};
+use crate::bindings::wasi::cli::exit::exit_with_code;
+use crate::bindings::wasi::clocks::monotonic_clock;
+use crate::bindings::wasi::io::poll::poll;
 
 /// Why the runner asked the job to stop.
 ///

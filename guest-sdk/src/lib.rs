@@ -37,18 +37,23 @@
 #[doc(hidden)]
 pub mod __private;
 mod batch;
+// The generated bindings are not API: hidden, like `__private`, which re-exports them.
+#[doc(hidden)]
+mod bindings;
 mod checkpoint;
 mod context;
 mod control;
+mod state;
 
 pub use anyhow::{self, Error, Result};
 pub use batch::{Batch, IntoSource, Lines, LinesCursor, Numbers, Records, Source, lines, records};
 pub use checkpoint::{CheckpointError, Stopped, load_bytes, save_bytes};
-pub use context::{Ctx, State};
+pub use context::Ctx;
 pub use control::{
     StopReason, deadline, exit, report_progress, shutdown_requested, sleep, stop_reason,
     wait_for_shutdown, wait_until,
 };
+pub use state::State;
 
 /// Marks the function the runner runs: `fn NAME(ctx: &mut Ctx<State>) -> Result<Outcome>`.
 ///

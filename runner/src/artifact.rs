@@ -97,8 +97,10 @@ impl Cache {
         let mut key = ShaHasher(Sha256::new());
         module.hash(&mut key);
         engine.precompile_compatibility_hash().hash(&mut key);
-        self.dir
-            .join(format!("{}.cwasm", crate::hex(&key.0.finalize()[..16])))
+        self.dir.join(format!(
+            "{}.cwasm",
+            crate::human::hex(&key.0.finalize()[..16])
+        ))
     }
 
     /// The compiled job for `module`, if the cache holds a usable one. A damaged or

@@ -6,11 +6,12 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 
-use crate::checkpoint::JobId;
-use crate::checkpoint::s3::S3Url;
+use crate::checkpoint::{JobId, Location};
+use crate::host::DirMapping;
+use crate::human::parse_duration;
 use crate::log::LogFormat;
 use crate::outcome::EXIT_CODES;
 
@@ -106,43 +107,19 @@ pub struct StateArgs {
 
 impl StateArgs {
     /// The job id and state location, checked.
-    pub fn validate(self) -> Result<(JobId, StateLocation)> {
+    pub fn validate(self) -> Result<(JobId, Location)> {
         let job_id = JobId::new(&self.job_id)?;
-        Ok((job_id, StateLocation::new(self.state_dir)?))
+        Ok((job_id, state_location(self.state_dir)?))
     }
 }
 
-/// Where a job's checkpoints are kept.
-#[derive(Debug, Clone)]
-pub enum StateLocation {
-    /// A local directory, one directory per job.
-    Dir(PathBuf),
-    /// A bucket, one folder of objects per job.
-    S3(S3Url),
-}
-
-impl StateLocation {
-    /// `--state-dir` as given, else its default.
-    fn new(given: Option<PathBuf>) -> Result<StateLocation> {
-        let path = match given {
-            Some(path) => path,
-            None => default_state_dir()?,
-        };
-        match path.to_str().and_then(S3Url::parse) {
-            Some(Ok(url)) => Ok(StateLocation::S3(url)),
-            Some(Err(problem)) => bail!("invalid --state-dir: {problem}"),
-            None => Ok(StateLocation::Dir(path)),
-        }
-    }
-}
-
-impl std::fmt::Display for StateLocation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StateLocation::Dir(dir) => write!(f, "{}", dir.display()),
-            StateLocation::S3(url) => write!(f, "{url}"),
-        }
-    }
+/// `--state-dir` as given, else its default.
+fn state_location(given: Option<PathBuf>) -> Result<Location> {
+    let path = match given {
+        Some(path) => path,
+        None => default_state_dir()?,
+    };
+    Location::parse(path).map_err(|problem| anyhow!("invalid --state-dir: {problem}"))
 }
 
 /// How to run a job.
@@ -249,15 +226,6 @@ pub struct RunArgs {
     pub job_and_args: Vec<OsString>,
 }
 
-/// A `--dir` mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirMapping {
-    /// The directory on the host.
-    pub host: PathBuf,
-    /// Where the job sees it.
-    pub guest: String,
-}
-
 /// An `--env` setting as given: a value, or a name to pass from the runner's environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EnvSetting {
@@ -277,7 +245,7 @@ pub struct RunConfig {
     /// The runner's own deadline for the job.
     pub timeout: Option<Duration>,
     /// Where checkpoints are kept.
-    pub state: StateLocation,
+    pub state: Location,
     /// The job's identity in the state directory.
     pub job_id: JobId,
     /// Preopened directories.
@@ -310,20 +278,24 @@ impl RunArgs {
             .to_owned();
         let mut args = vec![name];
         for arg in job_and_args {
-            args.push(arg.into_string().map_err(|arg| {
-                anyhow::anyhow!("job argument `{}` is not UTF-8", arg.to_string_lossy())
-            })?);
+            args.push(
+                arg.into_string().map_err(|arg| {
+                    anyhow!("job argument `{}` is not UTF-8", arg.to_string_lossy())
+                })?,
+            );
         }
 
         let job_id = match self.job_id {
             Some(id) => JobId::new(&id).context("invalid --job-id")?,
             None => default_job_id(&job, env::var_os("JOB_COMPLETION_INDEX").as_deref())?,
         };
-        let state = StateLocation::new(self.state_dir)?;
-        if let (Some(output), StateLocation::S3(url)) = (&self.output, &state) {
+        let state = state_location(self.state_dir)?;
+        if let Some(output) = &self.output
+            && !state.on_this_node()
+        {
             bail!(
                 "--output `{}` keeps the job's files on this node, where a run resumed on \
-                 another node would not find them: it needs a local --state-dir, not `{url}`",
+                 another node would not find them: it needs a local --state-dir, not `{state}`",
                 output.host.display()
             );
         }
@@ -412,12 +384,6 @@ fn default_cache_dir() -> Option<PathBuf> {
         .or_else(|| non_empty("HOME").map(|home| PathBuf::from(home).join(".cache/runner")))
 }
 
-/// Parses `500ms`, `25s`, `2m`, `1h30m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text)
-        .map_err(|error| format!("`{text}` is not a duration like 500ms, 25s or 2m ({error})"))
-}
-
 /// A lease: at least a second, so that renewing it (every third of it) stays far from
 /// a request's round trip; at most a day.
 fn parse_lease(text: &str) -> Result<Duration, String> {
@@ -426,11 +392,6 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
         return Err(format!("a lease of `{text}` is not between 1s and 1day"));
     }
     Ok(lease)
-}
-
-/// Formats a duration the way [`parse_duration`] reads it.
-pub fn format_duration(duration: Duration) -> String {
-    humantime::format_duration(duration).to_string()
 }
 
 fn parse_dir(text: &str) -> Result<DirMapping, String> {
@@ -469,16 +430,6 @@ mod tests {
     #[test]
     fn verify_cli() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("25s"), Ok(Duration::from_secs(25)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("25").is_err());
-        assert!(parse_duration("soon").is_err());
-        assert_eq!(format_duration(Duration::from_secs(25)), "25s");
     }
 
     #[test]

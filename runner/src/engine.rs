@@ -1,4 +1,5 @@
-//! The wasmtime engine for one job, and loading the job's component into it.
+//! The wasmtime engine for one job: its configuration, arming the forced stop's epoch,
+//! loading the job's component into it, and calling the job.
 
 use std::path::Path;
 
@@ -12,7 +13,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::artifact::{self, Cache};
 use crate::checkpoint::format::Digest;
-use crate::host::{self, JobPre, JobState};
+use crate::host::{self, JobOutcome, JobPre, JobState};
+use crate::outcome::Outcome;
+use crate::shutdown::Shutdown;
 
 /// A new engine for one job.
 ///
@@ -23,6 +26,25 @@ pub fn new_engine() -> Result<Engine> {
     config.epoch_interruption(true);
     config.wasm_component_model(true);
     Engine::new(&config).map_err(|error| anyhow!(error).context("cannot create the engine"))
+}
+
+/// The engine of a run, attached to `shutdown`: a forced stop bumps its epoch once
+/// ([`Shutdown::attach_engine`]), which traps a job computing in a store made by
+/// [`new_store`].
+pub fn for_run(shutdown: &Shutdown) -> Result<Engine> {
+    let engine = new_engine()?;
+    shutdown.attach_engine(&engine);
+    Ok(engine)
+}
+
+/// The job's store, armed for a forced stop: its epoch deadline is one tick past the
+/// engine's current epoch, so that the single bump of a forced stop traps the job at its
+/// next epoch check.
+pub fn new_store(engine: &Engine, data: JobState) -> wasmtime::Store<JobState> {
+    let mut store = wasmtime::Store::new(engine, data);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_trap();
+    store
 }
 
 /// What the runner calls in a job.
@@ -42,6 +64,31 @@ pub struct LoadedJob {
     pub digest: Digest,
 }
 
+impl Entry {
+    /// Instantiates the job in `store` and calls it: its outcome if it returns, the
+    /// error (an exit, a trap) if it does not.
+    pub async fn call(&self, store: &mut wasmtime::Store<JobState>) -> wasmtime::Result<Outcome> {
+        Ok(match self {
+            Entry::Job(pre) => {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                match instance.call_run(&mut *store).await? {
+                    Ok(JobOutcome::Completed) => Outcome::Completed,
+                    Ok(JobOutcome::Suspended) => Outcome::Suspended,
+                    Err(message) => Outcome::JobFailed(message),
+                }
+            }
+            // As `wasmtime run`: an `Err` from a command exits 1, with nothing to say.
+            Entry::Command(pre) => {
+                let command = pre.instantiate_async(&mut *store).await?;
+                match command.wasi_cli_run().call_run(&mut *store).await? {
+                    Ok(()) => Outcome::Completed,
+                    Err(()) => Outcome::Exited(1),
+                }
+            }
+        })
+    }
+}
+
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
@@ -55,7 +102,7 @@ impl std::fmt::Debug for LoadedJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoadedJob")
             .field("entry", &self.entry)
-            .field("digest", &crate::hex(&self.digest))
+            .field("digest", &crate::human::hex(&self.digest))
             .finish_non_exhaustive()
     }
 }

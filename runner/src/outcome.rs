@@ -1,7 +1,5 @@
-//! How a run ended, and the exit code that says so. This is the only place that knows
-//! the numbers; `--help` and the README print [`EXIT_CODES`].
-
-use crate::shutdown::StopReason;
+//! How a run ended, why a stop was asked, and the exit code that says so. This is the
+//! only place that knows the numbers; `--help` and the README print [`EXIT_CODES`].
 
 /// The exit codes, as `--help` shows them.
 pub const EXIT_CODES: &str = "\
@@ -19,6 +17,46 @@ Exit codes:
   134      the job trapped (panic, unreachable, out of memory, stack overflow)
   n        the job exited through wasi:cli/exit with code n
 After a forced stop the last checkpoint the job committed stands.";
+
+/// Why the runner is stopping the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// SIGTERM.
+    Terminate,
+    /// SIGINT.
+    Interrupt,
+    /// SIGHUP.
+    Hangup,
+    /// The runner's `--timeout` ran out.
+    Timeout,
+    /// Another runner took the job over: this one may not save any more, so the job is
+    /// stopped at once.
+    Fenced,
+}
+
+impl StopReason {
+    /// The signal's name, or `--timeout`.
+    pub fn cause(self) -> &'static str {
+        match self {
+            StopReason::Terminate => "SIGTERM",
+            StopReason::Interrupt => "SIGINT",
+            StopReason::Hangup => "SIGHUP",
+            StopReason::Timeout => "--timeout",
+            StopReason::Fenced => "another runner took the job over",
+        }
+    }
+
+    /// The reason's name in the run's summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopReason::Terminate => "SIGTERM",
+            StopReason::Interrupt => "SIGINT",
+            StopReason::Hangup => "SIGHUP",
+            StopReason::Timeout => "timeout",
+            StopReason::Fenced => "fenced",
+        }
+    }
+}
 
 /// How a run ended.
 #[derive(Debug)]

@@ -22,54 +22,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use wasmtime::Engine;
 
-use crate::cli::format_duration;
-use crate::outcome::Outcome;
+use crate::human::format_duration;
+use crate::outcome::{Outcome, StopReason};
 
 /// How long after a forced stop the runner exits even if the job has not stopped: for a
 /// job stuck in a host call that neither the epoch nor cancellation can interrupt (a
 /// synchronous write to a full stdout pipe). Short, so that the runner still exits
 /// before the orchestrator's SIGKILL.
 pub const FORCED_EXIT_AFTER: Duration = Duration::from_secs(2);
-
-/// Why the runner is stopping the job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StopReason {
-    /// SIGTERM.
-    Terminate,
-    /// SIGINT.
-    Interrupt,
-    /// SIGHUP.
-    Hangup,
-    /// The runner's `--timeout` ran out.
-    Timeout,
-    /// Another runner took the job over: this one may not save any more, so the job is
-    /// stopped at once.
-    Fenced,
-}
-
-impl StopReason {
-    /// The signal's name, or `--timeout`.
-    pub fn cause(self) -> &'static str {
-        match self {
-            StopReason::Terminate => "SIGTERM",
-            StopReason::Interrupt => "SIGINT",
-            StopReason::Hangup => "SIGHUP",
-            StopReason::Timeout => "--timeout",
-            StopReason::Fenced => "another runner took the job over",
-        }
-    }
-
-    /// The reason's name in the run's summary.
-    pub fn name(self) -> &'static str {
-        match self {
-            StopReason::Terminate => "SIGTERM",
-            StopReason::Interrupt => "SIGINT",
-            StopReason::Hangup => "SIGHUP",
-            StopReason::Timeout => "timeout",
-            StopReason::Fenced => "fenced",
-        }
-    }
-}
 
 /// A request to stop the job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,6 +202,17 @@ impl Shutdown {
             signalled: reason != StopReason::Timeout,
             forced: None,
             early,
+        }
+    }
+
+    /// Asks the job to stop once it has run for `timeout` (`--timeout`), if given.
+    pub fn start_timeout(self: &Arc<Self>, timeout: Option<Duration>) {
+        if let Some(timeout) = timeout {
+            let shutdown = Arc::clone(self);
+            tokio::spawn(async move {
+                tokio::time::sleep(timeout).await;
+                shutdown.request(StopReason::Timeout);
+            });
         }
     }
 

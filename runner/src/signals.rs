@@ -10,7 +10,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
 
-use crate::shutdown::{Shutdown, StopReason};
+use crate::outcome::StopReason;
+use crate::shutdown::Shutdown;
 
 /// SIGTERM, SIGINT and SIGHUP held pending (blocked) on the main thread, from the first
 /// line of `main` until their handlers exist: a signal in between is delivered then

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::outcome::Outcome;
-use crate::shutdown::StopReason;
+use crate::outcome::StopReason;
 
 /// Kubernetes keeps at most 4096 bytes of a termination message.
 pub const MAX_LEN: usize = 4096;

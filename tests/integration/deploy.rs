@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use runner::Outcome;
-use runner::shutdown::StopReason;
+use runner::outcome::StopReason;
 use serde_json::Value;
 
 use crate::util::Sandbox;
@@ -142,7 +142,7 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
             .iter()
             .find_map(|arg| arg.strip_prefix("--grace="))
             .unwrap_or_else(|| panic!("{manifest}: no --grace in {args:?}"));
-        let grace = runner::cli::parse_duration(grace).expect("a duration");
+        let grace = runner::human::parse_duration(grace).expect("a duration");
         let termination = pod["terminationGracePeriodSeconds"]
             .as_u64()
             .expect("a number");
@@ -207,8 +207,11 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
         );
         if let Some(dir) = state_dir {
             assert!(in_a_bucket, "{manifest}: RUNNER_STATE_DIR {dir}");
-            let url = runner::checkpoint::s3::S3Url::parse(dir);
-            assert!(matches!(url, Some(Ok(_))), "{manifest}: {dir}");
+            let location = runner::checkpoint::Location::parse(dir.into());
+            assert!(
+                location.is_ok_and(|location| !location.on_this_node()),
+                "{manifest}: {dir}"
+            );
         }
     }
 

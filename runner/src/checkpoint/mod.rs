@@ -1,20 +1,35 @@
-//! Checkpoint storage: where a job's committed state lives between runs.
+//! Checkpoint storage: where a job's committed state lives between runs, and who owns it.
 //!
-//! The host interface (`host::checkpoint`) commits through a [`Store`], which a run
-//! owns alone: [`fs::LocalStore`] is the local-directory backend, owned under a lock and
-//! a fencing number. A record is a versioned header, the lengths of the output files,
-//! and the job's opaque payload ([`format`]); [`output`] keeps the transactional output
-//! directory in step with the records.
+//! `--state-dir` is parsed into a [`Location`]; the location and a job id give the job's
+//! [`Place`], which a run acquires (waiting for another owner, taking a fencing number
+//! and loading the newest record) to get the [`Store`] it alone commits to and at last
+//! releases; `runner state` inspects or resets a place. Code above this module names no
+//! backend: `fs` keeps a job in a local directory under a lock, `bucket` in an
+//! object store (S3) under a lease, and a new backend is a module plus one arm in
+//! [`Location::parse`]. A record is a versioned header, the lengths of the output
+//! files, and the job's opaque payload ([`format`]); [`output`] keeps the transactional
+//! output directory in step with the records.
 
+mod bucket;
+mod durable;
 pub mod format;
-pub mod fs;
+mod fs;
+mod generation;
+mod location;
 pub mod output;
-pub mod s3;
 
 use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 pub use format::{OutputLen, Record};
+pub use generation::Slot;
+pub(crate) use generation::{Newest, choose};
+pub use location::Location;
+use output::OutputDir;
 
 /// The largest state a job may save, in bytes.
 ///
@@ -168,12 +183,89 @@ pub struct Loaded {
     pub notes: Vec<String>,
 }
 
+/// A future a store returns: boxed, so that [`Place`] and [`Store`] are object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a kind of [`Location`] does: give each job its place. Implemented by each
+/// backend; nothing outside this module sees it.
+pub(crate) trait Backend: Send + Sync + fmt::Debug + fmt::Display {
+    /// The place of `job_id`; nothing is touched yet.
+    fn job(&self, job_id: &JobId) -> anyhow::Result<Box<dyn Place>>;
+
+    /// Whether the state stays on this node, so that files beside it (an `--output`
+    /// directory) are found by the next run.
+    fn on_this_node(&self) -> bool;
+}
+
+/// A job's place in a [`Location`], not owned by this run: what a run acquires and
+/// `runner state` inspects or resets.
+pub trait Place: Send + Sync + fmt::Debug {
+    /// Makes sure a run can keep the job's state here (a local directory is created and
+    /// probed), so that an unusable location is an error before the job is compiled.
+    fn prepare(&self) -> anyhow::Result<()>;
+
+    /// Takes the job for this run: waits while another run owns it (up to
+    /// `--lock-timeout`, or a dead owner's lease), takes a fencing number above any the
+    /// job has seen, and loads the newest usable record, saying what it found. A stop
+    /// requested meanwhile ends the wait: the job has not started.
+    fn acquire<'a>(&'a self, request: Acquire<'a>) -> BoxFuture<'a, anyhow::Result<Acquired>>;
+
+    /// The job's state as `runner state show` describes it, read without taking the job.
+    fn inspect(&self) -> BoxFuture<'_, anyhow::Result<Inspection>>;
+
+    /// Removes the job's state, keeping its fencing number from going back; `Err` with
+    /// who owns the job while a run holds it.
+    fn reset(&self) -> BoxFuture<'_, anyhow::Result<Result<Removed, String>>>;
+}
+
+/// How a run asks for a job.
+pub struct Acquire<'a> {
+    /// How long to wait for a live owner.
+    pub lock_timeout: Duration,
+    /// How long this run's ownership outlives its last renewal, where a store has leases.
+    pub lease: Duration,
+    /// Whether to discard the job's records instead of loading them.
+    pub start_over: bool,
+    /// The run's output directory, put back as the last checkpoint left it before the
+    /// run takes a fencing number. Only a location on this node takes one.
+    pub output: Option<&'a OutputDir>,
+    /// Resolves when a stop is requested, which ends the wait for another owner.
+    pub stop: Pin<Box<dyn Future<Output = ()> + Send + Sync + 'a>>,
+    /// Called if the store finds, while the job runs, that another run has taken it over.
+    pub on_lost: Box<dyn Fn() + Send + Sync>,
+}
+
+impl fmt::Debug for Acquire<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Acquire")
+            .field("lock_timeout", &self.lock_timeout)
+            .field("lease", &self.lease)
+            .field("start_over", &self.start_over)
+            .field("output", &self.output)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What came of asking for a job.
+#[derive(Debug)]
+pub enum Acquired {
+    /// This run owns the job; the newest usable record, if the job has one.
+    Owned(Arc<dyn Store>, Option<Record>),
+    /// Another run owns it and did not let go within `--lock-timeout`; what to say.
+    Busy(String),
+    /// The stop came first.
+    Stopped,
+}
+
 /// Durable storage for one job's checkpoints, owned by one run.
 ///
 /// `commit` blocks on I/O: call it off the async runtime's worker threads.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// This run's fencing number, written into every record it commits.
     fn fence(&self) -> u64;
+
+    /// Where the job's state is, for people.
+    fn shown(&self) -> String;
 
     /// Replaces the committed record with `record`. When it returns `Ok` the record is
     /// on stable storage. If it fails (other than with [`StoreError::NotDurable`]) or the
@@ -183,80 +275,51 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// run that is no longer the job's owner gets [`StoreError::Fenced`] and changes
     /// nothing.
     fn commit(&self, record: &Record) -> Result<(), StoreError>;
+
+    /// Gives the job up at the end of the run, within a bound of the store's own (a
+    /// shorter one when `hurry`: after a forced stop the runner must exit well before
+    /// the orchestrator's kill), so that the next run need not wait for it. No commit
+    /// succeeds after it. Returns whether this run found that another had taken the job
+    /// over. Dropping the store lets go of whatever the release did not.
+    fn release(&self, hurry: bool) -> BoxFuture<'_, bool>;
 }
 
-/// What one generation holds.
-#[derive(Debug, Clone)]
-pub enum Slot {
-    /// No file or object.
-    Missing,
-    /// A usable record.
-    Usable(Record),
-    /// Something that is not a usable record, and why.
-    Unusable(String),
+/// A job's state as `runner state show` describes it.
+#[derive(Debug)]
+pub struct Inspection {
+    /// Where the job's state is, for people.
+    pub shown: String,
+    /// The newest usable record as a run would load it, with what the run would say.
+    pub newest: Result<(Option<Record>, Vec<String>), StoreError>,
+    /// Each generation: its name and what it holds.
+    pub generations: Vec<(String, Result<Slot, StoreError>)>,
+    /// The newest fencing number, or why it is unknown.
+    pub fence: String,
+    /// Who owns the job.
+    pub owner: String,
 }
 
-/// Which generation holds the newest usable record, for the next commit's rotation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Newest {
-    /// The latest: it becomes the previous generation when the next commit replaces it.
-    Latest,
-    /// The previous one, or none: the latest is missing or unusable, and the next commit
-    /// replaces it without touching the previous generation.
-    NotLatest,
+/// What `runner state reset` removed.
+#[derive(Debug)]
+pub struct Removed {
+    /// Where the job's state was, for people.
+    pub shown: String,
+    /// One line per file or object.
+    pub lines: Vec<String>,
+    /// What the user should still know.
+    pub note: Option<&'static str>,
 }
 
-/// Picks the newest usable generation (`latest`, the newest record as last committed, and
-/// `previous`, the one before it, shown in messages as the two names), noting any
-/// fallback.
-pub(crate) fn choose(
-    [latest_name, previous_name]: [String; 2],
-    latest: Slot,
-    previous: Slot,
-    notes: &mut Vec<String>,
-) -> Result<(Option<Record>, Newest), StoreError> {
-    Ok(match (latest, previous) {
-        (Slot::Usable(latest), Slot::Usable(previous)) if previous.sequence > latest.sequence => {
-            (Some(previous), Newest::NotLatest)
-        }
-        (Slot::Usable(latest), Slot::Unusable(problem)) => {
-            notes.push(format!(
-                "the previous checkpoint generation `{}` is unusable ({problem}); the newest \
-                 is intact and the next checkpoint replaces it",
-                previous_name
-            ));
-            (Some(latest), Newest::Latest)
-        }
-        (Slot::Usable(latest), _) => (Some(latest), Newest::Latest),
-        (Slot::Unusable(problem), Slot::Usable(previous)) => {
-            notes.push(format!(
-                "checkpoint `{}` is unusable ({problem}): falling back to the previous \
-                 generation `{}`, checkpoint {}",
-                latest_name, previous_name, previous.sequence
-            ));
-            (Some(previous), Newest::NotLatest)
-        }
-        (Slot::Missing, Slot::Usable(previous)) => {
-            notes.push(format!(
-                "`{}` is missing (a commit was cut off between its renames): resuming from \
-                 the previous generation `{}`, checkpoint {}",
-                latest_name, previous_name, previous.sequence
-            ));
-            (Some(previous), Newest::NotLatest)
-        }
-        (Slot::Missing, Slot::Missing) => (None, Newest::NotLatest),
-        (latest, previous) => {
-            let describe = |name, slot| match slot {
-                Slot::Unusable(problem) => format!("`{name}` is unusable ({problem})"),
-                _ => format!("`{name}` is missing"),
-            };
-            return Err(StoreError::NoUsableCheckpoint(format!(
-                "{}, and {}",
-                describe(&latest_name, latest),
-                describe(&previous_name, previous)
-            )));
-        }
-    })
+/// This runner, as an owner of a job is shown to people: its process and host.
+pub(crate) fn holder() -> String {
+    format!("pid {} on {}", std::process::id(), hostname())
+}
+
+/// This host's name, for people.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "this host".to_owned())
 }
 
 #[cfg(test)]

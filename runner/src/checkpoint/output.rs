@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use super::fs::{create_dir_durably, sync_dir};
-use super::{OutputLen, StoreError, format};
+use super::durable::{create_dir_durably, sync_dir};
+use super::{JobId, Loaded, OutputLen, StoreError, format};
 
 /// A job's output directory on the host.
 #[derive(Debug, Clone)]
@@ -191,6 +191,72 @@ impl OutputDir {
         }
         Ok(())
     }
+}
+
+/// Puts a run's output directory back as the job's last checkpoint (in `loaded`) left
+/// it, refusing the run if the directory is not the one the checkpoints track.
+pub(crate) fn restore(
+    output: Option<&OutputDir>,
+    loaded: &Loaded,
+    job_id: &JobId,
+    start_over: bool,
+) -> Result<()> {
+    let tracked = loaded
+        .record
+        .as_ref()
+        .and_then(|record| record.output_dir.as_deref());
+    let Some(output) = output else {
+        if let Some(dir) = tracked {
+            bail!(
+                "job `{job_id}`'s checkpoint tracks the output directory `{dir}`: pass \
+                 --output {dir} (or --start-over to start from scratch)"
+            );
+        }
+        return Ok(());
+    };
+    let shown = output.path().display();
+    let committed = match &loaded.record {
+        Some(record) => match record.output_dir.as_deref() {
+            Some(dir) if dir == output.key() => &record.outputs[..],
+            Some(dir) => bail!(
+                "job `{job_id}`'s checkpoint {} tracks the output directory `{dir}`, not \
+                 `{}`: pass --output {dir} (or --start-over to start from scratch)",
+                record.sequence,
+                output.key()
+            ),
+            None => bail!(
+                "job `{job_id}`'s checkpoint {} was saved without --output: run it without \
+                 --output, or pass --start-over to start from scratch with `{shown}`",
+                record.sequence
+            ),
+        },
+        // Starting over, or an earlier run of this job with this directory died before
+        // its first checkpoint: all it wrote there goes.
+        None if start_over || loaded.earlier_output.as_deref() == Some(output.key()) => &[],
+        None => {
+            if output.has_files()? {
+                bail!(
+                    "--output `{shown}` already holds files, and job `{job_id}` has no \
+                     checkpoint that records them: give the job an empty directory (or pass \
+                     --start-over to have them removed)"
+                );
+            }
+            return Ok(());
+        }
+    };
+    let restored = output
+        .restore(committed)
+        .with_context(|| format!("cannot restore --output `{shown}` to the last checkpoint"))?;
+    if restored.truncated > 0 || restored.removed > 0 {
+        say!(
+            "undid what the job wrote to `{shown}` after its last checkpoint: cut {} bytes off \
+             {} file(s), removed {} file(s)",
+            restored.bytes_dropped,
+            restored.truncated,
+            restored.removed
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,8 @@ use wasmtime_wasi::HostMonotonicClock;
 use wasmtime_wasi::p2::{DynPollable, Pollable};
 
 use super::bindings::runner::job::lifecycle::{Host, StopReason as WitStopReason};
-use crate::shutdown::{Request, Shutdown, StopReason};
+use crate::outcome::StopReason;
+use crate::shutdown::{Request, Shutdown};
 use crate::signals;
 
 /// The lifecycle host: the run's shutdown state, and the zero of the job's monotonic

@@ -1,15 +1,18 @@
 //! The host side of the `runner:job` world: one module per WIT interface, the generated
-//! bindings kept private, and [`JobState`], the data of the job's store.
+//! bindings kept private, [`JobState`], the data of the job's store, and the job's WASI
+//! context.
 
 mod checkpoint;
 mod lifecycle;
 mod progress;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
+use anyhow::{Context as _, anyhow};
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use checkpoint::Checkpoints;
 pub use lifecycle::{Lifecycle, RunnerClock};
@@ -18,6 +21,7 @@ pub use progress::Progress;
 use crate::checkpoint::format::Digest;
 use crate::checkpoint::output::OutputDir;
 use crate::checkpoint::{Record, Store};
+use crate::log;
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
 
@@ -129,4 +133,41 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     })?;
     job::progress::add_to_linker::<_, HasSelf<Progress>>(linker, |state| &mut state.progress)?;
     Ok(())
+}
+
+/// A `--dir` mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirMapping {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the job sees it.
+    pub guest: String,
+}
+
+/// The job's WASI context: its arguments, environment and directories (nothing else of
+/// the host), the runner's stdio, and a monotonic clock that starts at `clock_zero`.
+pub fn wasi_context<'a>(
+    args: &[String],
+    env: &[(String, String)],
+    dirs: impl IntoIterator<Item = &'a DirMapping>,
+    clock_zero: Instant,
+) -> anyhow::Result<WasiCtx> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.inherit_stdio();
+    // Output to the terminal the progress bar is drawn on goes around the bar.
+    if log::bar_allowed() {
+        wasi.stderr(log::JobOutput::Stderr);
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            wasi.stdout(log::JobOutput::Stdout);
+        }
+    }
+    wasi.args(args)
+        .envs(env)
+        .monotonic_clock(RunnerClock::new(clock_zero));
+    for dir in dirs {
+        wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
+            .map_err(|error| anyhow!(error))
+            .with_context(|| format!("cannot open --dir `{}`", dir.host.display()))?;
+    }
+    Ok(wasi.build())
 }

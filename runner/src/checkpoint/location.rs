@@ -1,0 +1,42 @@
+//! Where jobs' state is kept, as `--state-dir` names it: the one place that maps a
+//! location to its backend.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::bucket::s3::S3Url;
+use super::fs::StateDir;
+use super::{Backend, JobId, Place};
+
+/// A parsed `--state-dir`: a local directory or a bucket.
+#[derive(Debug, Clone)]
+pub struct Location(Arc<dyn Backend>);
+
+impl Location {
+    /// `--state-dir` as given: a URL of a scheme the runner knows, else a directory; `Err`
+    /// says what is wrong with a URL.
+    pub fn parse(given: PathBuf) -> Result<Location, String> {
+        let backend: Arc<dyn Backend> = match given.to_str().and_then(S3Url::parse) {
+            Some(url) => Arc::new(url?),
+            None => Arc::new(StateDir::new(given)),
+        };
+        Ok(Location(backend))
+    }
+
+    /// The place of `job_id`; nothing is touched yet.
+    pub fn job(&self, job_id: &JobId) -> anyhow::Result<Box<dyn Place>> {
+        self.0.job(job_id)
+    }
+
+    /// Whether the state stays on this node.
+    pub fn on_this_node(&self) -> bool {
+        self.0.on_this_node()
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}

@@ -1,0 +1,244 @@
+//! One run of a job, as its phases: open the job's state, start compiling the job, take
+//! the job, build its instance, supervise it until it ends or is stopped, release the
+//! job.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tokio::task::JoinHandle;
+use wasmtime::{Engine, Trap, WasmBacktrace};
+use wasmtime_wasi::{I32Exit, WasiCtx};
+
+use crate::artifact::Cache;
+use crate::checkpoint::output::OutputDir;
+use crate::checkpoint::{Acquire, Acquired, Place, Record, Store};
+use crate::cli::RunConfig;
+use crate::engine::{self, Entry, LoadedJob};
+use crate::host::{self, JobState, Saves};
+use crate::human::hex;
+use crate::outcome::{Outcome, StopReason};
+use crate::shutdown::Shutdown;
+use crate::summary::RunStatus;
+
+/// Runs the job `config` describes, stopped through `shutdown`, keeping what the summary
+/// needs in `status`.
+pub async fn run(config: RunConfig, shutdown: Arc<Shutdown>, status: Arc<RunStatus>) -> Outcome {
+    let run = Run {
+        config,
+        shutdown,
+        status,
+    };
+    run.execute().await.unwrap_or_else(Outcome::Failed)
+}
+
+/// A run: what it was asked, how it is stopped, and what it tells the summary.
+struct Run {
+    config: RunConfig,
+    shutdown: Arc<Shutdown>,
+    status: Arc<RunStatus>,
+}
+
+/// The job, owned by this run.
+struct Owned {
+    /// Where its checkpoints go.
+    store: Arc<dyn Store>,
+    /// Its newest usable record, if it has one.
+    record: Option<Record>,
+    /// Its output directory, put back as that record left it.
+    output: Option<OutputDir>,
+}
+
+impl Run {
+    async fn execute(self) -> Result<Outcome> {
+        let (place, output) = self.open_state()?;
+        let clock_zero = Instant::now();
+        let config = &self.config;
+        let wasi = host::wasi_context(
+            &config.args,
+            &config.env,
+            config.dirs.iter().chain(&config.output),
+            clock_zero,
+        )?;
+        let engine = engine::for_run(&self.shutdown)?;
+        let compile = self.start_compile(&engine);
+        let owned = match self.take_job(&*place, output).await? {
+            Ok(owned) => owned,
+            Err(outcome) => return Ok(outcome),
+        };
+        let store = Arc::clone(&owned.store);
+        let outcome = async {
+            let job = tokio::select! {
+                compiled = compile => compiled.context("compiling the job panicked")??,
+                reason = self.shutdown.forced() => return Ok(Outcome::Forced(reason)),
+            };
+            let mut instance = self.build_instance(&engine, &job, owned, wasi, clock_zero)?;
+            // A stop forced before the store existed did not reach its epoch deadline.
+            if let Some(reason) = self.forced() {
+                return Ok(Outcome::Forced(reason));
+            }
+            self.shutdown.start_timeout(config.timeout);
+            Ok(self.supervise(&job.entry, &mut instance).await)
+        }
+        .await;
+        release(&*store, outcome).await
+    }
+
+    /// The job's place in its state location, ready for a run (an unusable location is
+    /// an error before anything is compiled), and its output directory.
+    fn open_state(&self) -> Result<(Box<dyn Place>, Option<OutputDir>)> {
+        let place = self.config.state.job(&self.config.job_id)?;
+        place.prepare()?;
+        let output = self
+            .config
+            .output
+            .as_ref()
+            .map(|output| OutputDir::open(&output.host))
+            .transpose()?;
+        Ok((place, output))
+    }
+
+    /// Compiles the job (a large component takes seconds) off the runtime, while the run
+    /// takes the job over.
+    fn start_compile(&self, engine: &Engine) -> JoinHandle<Result<LoadedJob>> {
+        let (engine, path) = (engine.clone(), self.config.job.clone());
+        let cache = self.config.cache_dir.clone().map(Cache::new);
+        tokio::task::spawn_blocking(move || engine::load_job(&engine, &path, cache.as_ref()))
+    }
+
+    /// Takes the job, or says why the run does not get it (another owner kept it, or the
+    /// stop came first).
+    async fn take_job(
+        &self,
+        place: &dyn Place,
+        output: Option<OutputDir>,
+    ) -> Result<Result<Owned, Outcome>> {
+        let shutdown = Arc::clone(&self.shutdown);
+        let request = Acquire {
+            lock_timeout: self.config.lock_timeout,
+            lease: self.config.lease,
+            start_over: self.config.start_over,
+            output: output.as_ref(),
+            stop: Box::pin(self.shutdown.requested()),
+            on_lost: Box::new(move || shutdown.revoke()),
+        };
+        Ok(match place.acquire(request).await? {
+            Acquired::Owned(store, record) => Ok(Owned {
+                store,
+                record,
+                output,
+            }),
+            Acquired::Busy(message) => Err(Outcome::Locked(message)),
+            Acquired::Stopped => Err(Outcome::Suspended),
+        })
+    }
+
+    /// The job's store, with the state its host calls see, armed for a forced stop;
+    /// says which checkpoint the job resumes from.
+    fn build_instance(
+        &self,
+        engine: &Engine,
+        job: &LoadedJob,
+        owned: Owned,
+        wasi: WasiCtx,
+        clock_zero: Instant,
+    ) -> Result<wasmtime::Store<JobState>> {
+        if let Some(record) = &owned.record {
+            self.status.checkpointed(record.sequence);
+            say!(
+                "resuming job `{}` from checkpoint {} in `{}`",
+                self.config.job_id,
+                record.sequence,
+                owned.store.shown()
+            );
+            if record.module_digest != job.digest {
+                say!(
+                    "checkpoint {} was written by another module (sha256 {}); this one is \
+                     sha256 {}: loading it anyway, as the job owns its state's format",
+                    record.sequence,
+                    hex(&record.module_digest[..8]),
+                    hex(&job.digest[..8])
+                );
+            }
+        }
+        let saves = Saves {
+            store: owned.store,
+            output: owned.output,
+            module_digest: job.digest,
+            committed: owned.record,
+        };
+        let state = JobState::new(
+            wasi,
+            clock_zero,
+            Arc::clone(&self.shutdown),
+            Arc::clone(&self.status),
+            saves,
+        )?;
+        Ok(engine::new_store(engine, state))
+    }
+
+    /// Runs the job until it ends, or until the stop is forced.
+    async fn supervise(&self, entry: &Entry, instance: &mut wasmtime::Store<JobState>) -> Outcome {
+        let ended = tokio::select! {
+            biased;
+            result = entry.call(instance) => Ok(result),
+            // Dropping the call's future cancels whatever host call the job is blocked in;
+            // a job that is computing was already trapped by the epoch bump.
+            reason = self.shutdown.forced() => Err(reason),
+        };
+        let outcome = match ended {
+            // Whatever the job did after losing the job, only the new owner's state counts.
+            _ if self.forced() == Some(StopReason::Fenced) => Outcome::Forced(StopReason::Fenced),
+            Err(reason) => Outcome::Forced(reason),
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(error)) => self.classify_error(error),
+        };
+        if !matches!(outcome, Outcome::Completed | Outcome::Exited(0))
+            && let Some(progress) = instance.data().progress()
+        {
+            say!("the job's last progress report: {progress}");
+        }
+        outcome
+    }
+
+    /// What forced the stop, if it is forced.
+    fn forced(&self) -> Option<StopReason> {
+        self.shutdown.current().and_then(|request| request.forced)
+    }
+
+    /// An error out of the job: an exit, the trap of a forced stop, or a trap.
+    fn classify_error(&self, error: wasmtime::Error) -> Outcome {
+        if let Some(exit) = error.downcast_ref::<I32Exit>() {
+            return Outcome::Exited(exit.0);
+        }
+        if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>()
+            && let Some(reason) = self.forced()
+        {
+            return Outcome::Forced(reason);
+        }
+        // Not through anyhow: that would capture a host backtrace (slow with
+        // RUST_BACKTRACE set) that says nothing about the job. The wasm backtrace does.
+        let mut message = error.root_cause().to_string();
+        if let Some(backtrace) = error.downcast_ref::<WasmBacktrace>() {
+            message = format!("{message}\n{backtrace}");
+        }
+        Outcome::Trapped(message)
+    }
+}
+
+/// Gives the job up once the run is over (within the store's bound). A run whose job
+/// was taken over after its last save is not done: only the new owner's state counts.
+async fn release(store: &dyn Store, outcome: Result<Outcome>) -> Result<Outcome> {
+    let forced = matches!(outcome, Ok(Outcome::Forced(_)));
+    let lost = store.release(forced).await;
+    if lost
+        && matches!(
+            outcome,
+            Ok(Outcome::Completed | Outcome::Suspended | Outcome::Exited(0))
+        )
+    {
+        tracing::warn!("another runner has taken this job over before this run ended");
+        return Ok(Outcome::Forced(StopReason::Fenced));
+    }
+    outcome
+}
