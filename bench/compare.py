@@ -30,18 +30,28 @@ def main():
     args = parser.parse_args()
     builds = {"base": args.base, "new": args.new}
 
-    harness = bench.Bench(argparse.Namespace(runner=args.base, startup=args.startup, work=args.work))
-    harness.setup()
-    work = harness.work
+    # A harness per build, each in a directory of its own (state, compiled-job cache).
+    harnesses = {
+        build: bench.Bench(
+            argparse.Namespace(
+                runner=runner, startup=args.startup, testjob=args.testjob, work=os.path.join(args.work, build)
+            )
+        )
+        for build, runner in builds.items()
+    }
+    for harness in harnesses.values():
+        harness.setup()
+    harness = harnesses["base"]
     rows = {}
 
     # Start: each build's cached and precompiled hello, round-robin.
     variants = {}
     for build, runner in builds.items():
-        cache = os.path.join(work, f"cache-{build}")
-        cwasm = os.path.join(work, f"hello-{build}.cwasm")
+        work = harnesses[build].work
+        cache = os.path.join(work, "cache")
+        cwasm = os.path.join(work, "hello.cwasm")
         bench.run_quiet([runner, "compile", args.hello, "-o", cwasm], harness.env)
-        state = os.path.join(work, f"state-{build}")
+        state = os.path.join(work, "state")
         bench.check_run([runner, "--state-dir", state, "--cache-dir", cache, args.hello], harness.env, "hello")
         variants[f"cached start, first output ({build})"] = (
             lambda trial, runner=runner, state=state, cache=cache: [
@@ -69,9 +79,8 @@ def main():
         harness.log(f"{name}: {args.stop_trials} trials per build, alternating")
         samples = {build: [] for build in builds}
         for _ in range(args.stop_trials):
-            for build, runner in builds.items():
-                harness.args.runner = runner
-                proc = harness.start_testjob(mode, grace)
+            for build in builds:
+                proc = harnesses[build].start_testjob(mode, grace)
                 if mode in ("flag", "wait"):
                     sent = time.time_ns()
                     os.kill(proc.pid, signal.SIGTERM)
