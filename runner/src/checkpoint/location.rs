@@ -17,11 +17,12 @@ impl Location {
     /// `--state-dir` as given: a URL of a scheme the runner knows, else a directory; `Err`
     /// says what is wrong with a URL.
     pub fn parse(given: PathBuf) -> Result<Location, String> {
-        let backend: Arc<dyn Backend> = match given.to_str().and_then(S3Url::parse) {
-            Some(url) => Arc::new(url?),
+        // One arm per URL scheme: `None` is text of another scheme.
+        let url = given.to_str().and_then(|text| url(S3Url::parse(text)));
+        Ok(Location(match url {
+            Some(url) => url?,
             None => Arc::new(StateDir::new(given)),
-        };
-        Ok(Location(backend))
+        }))
     }
 
     /// The place of `job_id`; nothing is touched yet.
@@ -33,6 +34,13 @@ impl Location {
     pub fn on_this_node(&self) -> bool {
         self.0.on_this_node()
     }
+}
+
+/// A URL of one scheme, parsed, as a backend.
+fn url<B: Backend + 'static>(
+    parsed: Option<Result<B, String>>,
+) -> Option<Result<Arc<dyn Backend>, String>> {
+    parsed.map(|url| url.map(|url| Arc::new(url) as Arc<dyn Backend>))
 }
 
 impl fmt::Display for Location {
