@@ -12,6 +12,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 use sha2::{Digest as _, Sha256};
 
 use crate::artifact::{self, Cache};
+use crate::checkpoint::MAX_RECORD_LEN;
 use crate::checkpoint::format::Digest;
 use crate::host::{self, JobOutcome, JobPre, JobState};
 use crate::outcome::Outcome;
@@ -40,8 +41,13 @@ pub fn for_run(shutdown: &Shutdown) -> Result<Engine> {
 /// The job's store, armed for a forced stop: its epoch deadline is one tick past the
 /// engine's current epoch, so that the single bump of a forced stop traps the job at its
 /// next epoch check.
+///
+/// Its host calls may copy in up to [`MAX_RECORD_LEN`] bytes (wasmtime's default is 128
+/// MiB): a save of up to [`MAX_STATE_LEN`](crate::checkpoint::MAX_STATE_LEN) bytes
+/// reaches the store, and a larger one up to that bound gets `too-large`.
 pub fn new_store(engine: &Engine, data: JobState) -> wasmtime::Store<JobState> {
     let mut store = wasmtime::Store::new(engine, data);
+    store.set_hostcall_fuel(usize::try_from(MAX_RECORD_LEN).unwrap_or(usize::MAX));
     store.set_epoch_deadline(1);
     store.epoch_deadline_trap();
     store

@@ -1,6 +1,7 @@
 //! Integration tests: the real `runner` binary running real guest components built from
 //! source (`test-guests`), stopped by real signals.
 
+mod adversarial;
 mod bench;
 mod cache;
 mod chaos;

@@ -79,6 +79,19 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             ctx.state().note = "suspended after wait".into();
             ctx.suspend()
         }
+        // Saves raw states of ARG and ARG2 bytes, says how each went, then waits for the
+        // request (the test reads the runner's memory meanwhile) and suspends, saving
+        // nothing more.
+        "save-sizes" => {
+            for size in [&arg, &arg2] {
+                let size: usize = size.as_deref().unwrap_or("0").parse()?;
+                let result = guest_sdk::save_bytes(&vec![7; size]);
+                println!("save of {size} bytes: {result:?}");
+            }
+            ready();
+            guest_sdk::wait_for_shutdown();
+            Ok(Outcome::Suspended)
+        }
         // Sees the request on the pollable, then ignores it: sleeps an hour, or spins.
         "linger" => {
             ready();
