@@ -14,6 +14,7 @@ use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::PoisonError;
 
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest as _, Sha256};
@@ -163,6 +164,35 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(anyhow!(error).context(format!("cannot write `{}`", path.display())));
     }
     Ok(())
+}
+
+/// A write that a stop may forbid: `runner compile` writes its output only if no stop
+/// came first, and a stop that comes after the write knows it came too late.
+#[derive(Debug, Default)]
+pub struct WriteGate {
+    /// Whether a stop closed the gate, and whether the write went through it.
+    state: std::sync::Mutex<(bool, bool)>,
+}
+
+impl WriteGate {
+    /// Runs `write` unless the gate was closed; `None` if it was.
+    pub fn write<T>(&self, write: impl FnOnce() -> Result<T>) -> Option<Result<T>> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.0 {
+            return None;
+        }
+        let written = write();
+        state.1 = written.is_ok();
+        Some(written)
+    }
+
+    /// Closes the gate, waiting for a write under way; returns whether a write went
+    /// through before.
+    pub fn close(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.0 = true;
+        state.1
+    }
 }
 
 /// Feeds what is hashed into SHA-256, for a key that does not depend on std's hasher.

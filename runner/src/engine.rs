@@ -11,7 +11,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::artifact::{self, Cache};
+use crate::artifact::{self, Cache, WriteGate};
 use crate::checkpoint::MAX_RECORD_LEN;
 use crate::checkpoint::format::Digest;
 use crate::host::{self, JobOutcome, JobPre, JobState};
@@ -146,14 +146,19 @@ fn link(engine: &Engine, path: &Path, component: &Component, digest: Digest) -> 
 
 /// `runner compile JOB -o OUTPUT`: compiles the job at `job`, checks that the runner can
 /// run it, and writes it to `output` as a compiled job that `runner OUTPUT` loads
-/// without compiling.
-pub fn compile_to_file(job: &Path, output: &Path) -> Result<usize> {
-    let engine = new_engine()?;
-    let (component, digest) = compile_job(&engine, job, None)?;
-    link(&engine, job, &component, digest)?;
-    let record = artifact::encode(&digest, &component)?;
-    artifact::write_atomically(output, &record)?;
-    Ok(record.len())
+/// without compiling; through `gate`, so that a stop stops the write. `None` if the gate
+/// was closed before the write.
+pub fn compile_to_file(job: &Path, output: &Path, gate: &WriteGate) -> Option<Result<usize>> {
+    let compiled = new_engine().and_then(|engine| {
+        let (component, digest) = compile_job(&engine, job, None)?;
+        link(&engine, job, &component, digest)?;
+        artifact::encode(&digest, &component)
+    });
+    let record = match compiled {
+        Ok(record) => record,
+        Err(error) => return Some(Err(error)),
+    };
+    gate.write(|| artifact::write_atomically(output, &record).map(|()| record.len()))
 }
 
 /// The job at `path` compiled, and the SHA-256 of its `.wasm`: loaded from a compiled

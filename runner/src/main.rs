@@ -4,10 +4,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use runner::artifact::WriteGate;
 use runner::cli::{Cli, Command, CompileArgs, StateCommand};
+use runner::outcome::StopReason;
 use runner::shutdown::Shutdown;
 use runner::summary::{Report, RunStatus, TerminationLog};
 use runner::{Outcome, signals};
+use signal_hook_tokio::Signals;
 
 fn main() -> ExitCode {
     // Before anything else, even the runtime: a stop signal from now on waits for its
@@ -62,8 +65,8 @@ fn main() -> ExitCode {
         Err(error) => return fail(anyhow::anyhow!("cannot install signal handlers: {error}")),
     };
     match cli.command {
-        Some(Command::State(command)) => return state_command(command, &runtime),
-        Some(Command::Compile(args)) => return compile_command(&args),
+        Some(Command::State(command)) => return state_command(command, &runtime, signals),
+        Some(Command::Compile(args)) => return compile_command(args, &runtime, signals),
         None => {}
     }
     let config = match cli.run.validate() {
@@ -85,30 +88,52 @@ fn main() -> ExitCode {
     ExitCode::from(report.finish(&outcome, asked, None))
 }
 
-fn state_command(command: StateCommand, runtime: &tokio::runtime::Runtime) -> ExitCode {
+fn state_command(
+    command: StateCommand,
+    runtime: &tokio::runtime::Runtime,
+    mut signals: Signals,
+) -> ExitCode {
     let (args, act): (_, fn(&_, &_, &_) -> _) = match command {
         StateCommand::Show(args) => (args, runner::state::show),
         StateCommand::Reset(args) => (args, runner::state::reset),
     };
-    match args
-        .validate()
-        .and_then(|(job_id, location)| act(&location, &job_id, runtime))
-    {
-        Ok(text) => {
+    let (job_id, location) = match args.validate() {
+        Ok(valid) => valid,
+        Err(error) => return say(Outcome::Failed(error)),
+    };
+    let handle = runtime.handle().clone();
+    let done = signals::unless_stopped(runtime, &mut signals, move || {
+        act(&location, &job_id, &handle)
+    });
+    match done {
+        Ok(Ok(text)) => {
             use std::io::Write as _;
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }
-        Err(error) => match error.downcast::<runner::state::Owned>() {
+        Ok(Err(error)) => match error.downcast::<runner::state::Owned>() {
             Ok(owned) => say(Outcome::Locked(owned.0)),
             Err(error) => say(Outcome::Failed(error)),
         },
+        Err(reason) => stopped("runner state", reason),
     }
 }
 
-fn compile_command(args: &CompileArgs) -> ExitCode {
-    match runner::engine::compile_to_file(&args.job, &args.output) {
-        Ok(bytes) => {
+fn compile_command(
+    args: CompileArgs,
+    runtime: &tokio::runtime::Runtime,
+    mut signals: Signals,
+) -> ExitCode {
+    let gate = Arc::new(WriteGate::default());
+    let done = signals::unless_stopped(runtime, &mut signals, {
+        let (job, output, gate) = (args.job.clone(), args.output.clone(), Arc::clone(&gate));
+        move || match runner::engine::compile_to_file(&job, &output, &gate) {
+            Some(written) => written,
+            None => Err(anyhow::anyhow!("stopped before writing")),
+        }
+    });
+    match done {
+        Ok(Ok(bytes)) => {
             tracing::info!(
                 "compiled `{}` to `{}` ({bytes} bytes)",
                 args.job.display(),
@@ -116,8 +141,26 @@ fn compile_command(args: &CompileArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(error) => say(Outcome::Failed(error)),
+        Ok(Err(error)) => say(Outcome::Failed(error)),
+        Err(reason) => {
+            // A write that went through just before the stop is not left behind: the
+            // command did not succeed.
+            if gate.close() {
+                let _ = std::fs::remove_file(&args.output);
+            }
+            stopped("runner compile", reason)
+        }
     }
+}
+
+/// A subcommand stopped by a signal: it says so and exits as a forced stop does.
+fn stopped(what: &str, reason: StopReason) -> ExitCode {
+    let code = Outcome::Forced(reason).exit_code();
+    tracing::warn!(
+        "received {}: {what} stopped, and wrote nothing (exit {code})",
+        reason.cause()
+    );
+    ExitCode::from(code)
 }
 
 /// The end of a subcommand: its error on stderr, and its exit code. A subcommand that

@@ -116,3 +116,37 @@ pub async fn forward(mut signals: Signals, shutdown: Arc<Shutdown>) {
         shutdown.request_since(reason, first_arrival().unwrap_or_else(Instant::now));
     }
 }
+
+/// Runs `work` on a thread of its own and waits for it, unless a stop signal comes first:
+/// then its reason, at once. For the subcommands, which have no job to ask to stop (the
+/// thread is left to the process's exit).
+pub fn unless_stopped<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    signals: &mut Signals,
+    work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> Result<anyhow::Result<T>, StopReason> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("runner-subcommand".into())
+        .spawn(move || {
+            let _ = done.send(work());
+        });
+    if let Err(error) = spawned {
+        return Ok(Err(anyhow::anyhow!("cannot start a thread: {error}")));
+    }
+    runtime.block_on(async {
+        let mut result = std::pin::pin!(result);
+        loop {
+            tokio::select! {
+                done = &mut result => {
+                    return Ok(done.unwrap_or_else(|_| Err(anyhow::anyhow!("the subcommand panicked"))));
+                }
+                signal = signals.next() => {
+                    if let Some(reason) = signal.and_then(reason) {
+                        return Err(reason);
+                    }
+                }
+            }
+        }
+    })
+}

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::Result;
-use tokio::runtime::Runtime;
+use tokio::runtime::Handle;
 
 use crate::checkpoint::{JobId, Location, OutputLen, Record, Slot, StoreError};
 use crate::human::hex;
@@ -16,7 +16,7 @@ use crate::human::hex;
 pub struct Owned(pub String);
 
 /// What `runner state show` prints.
-pub fn show(location: &Location, job_id: &JobId, runtime: &Runtime) -> Result<String> {
+pub fn show(location: &Location, job_id: &JobId, runtime: &Handle) -> Result<String> {
     let place = location.job(job_id)?;
     let found = runtime.block_on(place.inspect())?;
     let mut text = format!("job `{job_id}` in `{}`\n", found.shown);
@@ -31,7 +31,7 @@ pub fn show(location: &Location, job_id: &JobId, runtime: &Runtime) -> Result<St
 
 /// Removes a job's state, returning what it removed; an [`Owned`] error if a runner
 /// holds the job.
-pub fn reset(location: &Location, job_id: &JobId, runtime: &Runtime) -> Result<String> {
+pub fn reset(location: &Location, job_id: &JobId, runtime: &Handle) -> Result<String> {
     let place = location.job(job_id)?;
     let removed = runtime.block_on(place.reset())?.map_err(Owned)?;
     let mut text = format!(

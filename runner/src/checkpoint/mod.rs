@@ -81,14 +81,15 @@ pub struct InvalidJobId(String);
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file system operation failed; the message names the operation and the path.
-    #[error("cannot {action} `{path}`: {source}")]
+    #[error("cannot {action} `{path}`: {cause}")]
     Io {
         /// What the store was doing, such as "fsync".
         action: &'static str,
         /// The path it touched.
         path: PathBuf,
-        /// The operating system's error.
-        source: std::io::Error,
+        /// The operating system's error; not a `source`, as the message already says it
+        /// (a chain printed whole would say it twice).
+        cause: std::io::Error,
     },
     /// A request to the object store failed; the message names the request, the object
     /// and every cause the client gave.
@@ -138,10 +139,10 @@ impl StoreError {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| StoreError::Io {
+        move |cause| StoreError::Io {
             action,
             path,
-            source,
+            cause,
         }
     }
 }

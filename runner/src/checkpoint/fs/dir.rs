@@ -2,8 +2,8 @@
 //! number, the two generations and the atomic, durable writes of them.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
@@ -61,6 +61,7 @@ impl JobDir {
     /// its first save.
     pub fn create(&self) -> Result<(), StoreError> {
         create_dir_durably(&self.dir)?;
+        self.check_real_dir()?;
         // No fsync: it would cost every start milliseconds on a real disk.
         let mut probe = self.temp_file()?;
         probe
@@ -75,18 +76,21 @@ impl JobDir {
     pub fn try_lock(&self) -> Result<Result<Lock, String>, StoreError> {
         let path = self.file(LOCK);
         let open = || {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
+            open_regular(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false),
+                &path,
+            )
         };
         // Read-write: on NFS an exclusive flock is a write lock, which needs it.
         let mut file = match open() {
             // `runner state reset` removed the directory while this runner waited.
             Err(error) if error.kind() == ErrorKind::NotFound => {
                 create_dir_durably(&self.dir)?;
+                self.check_real_dir()?;
                 open()
             }
             opened => opened,
@@ -100,7 +104,7 @@ impl JobDir {
         // `runner state reset` removes the lock file while holding it: a lock taken on
         // a file no longer at the path guards nothing. Try again on the new one.
         let identity = |meta: fs::Metadata| (meta.dev(), meta.ino());
-        let current = fs::metadata(&path).map(identity).ok();
+        let current = fs::symlink_metadata(&path).map(identity).ok();
         if current != file.metadata().map(identity).ok() {
             return Ok(Err("a runner that was removing the job's state".to_owned()));
         }
@@ -114,7 +118,7 @@ impl JobDir {
     /// Who holds the job's lock, if anyone; takes it for no longer than the check.
     pub fn owner(&self) -> Result<Option<String>, StoreError> {
         let path = self.file(LOCK);
-        let mut file = match File::open(&path) {
+        let mut file = match open_regular(OpenOptions::new().read(true), &path) {
             Ok(file) => file,
             Err(error) if error.kind() == ErrorKind::NotFound => return Ok(None),
             Err(error) => return Err(StoreError::io("open", path)(error)),
@@ -129,7 +133,7 @@ impl JobDir {
     /// Reads one generation.
     pub fn read_slot(&self, name: &str) -> Result<Slot, StoreError> {
         let path = self.file(name);
-        let mut file = match File::open(&path) {
+        let mut file = match open_regular(OpenOptions::new().read(true), &path) {
             Ok(file) => file,
             Err(error) if error.kind() == ErrorKind::NotFound => return Ok(Slot::Missing),
             Err(error) => return Err(StoreError::io("open", path)(error)),
@@ -165,7 +169,7 @@ impl JobDir {
     pub fn read_fence(&self) -> Result<Option<Fence>, StoreError> {
         let path = self.file(FENCE);
         let mut text = String::new();
-        match File::open(&path) {
+        match open_regular(OpenOptions::new().read(true), &path) {
             Ok(file) => file
                 .take(64 << 10)
                 .read_to_string(&mut text)
@@ -256,6 +260,70 @@ impl JobDir {
             }
         }
         Ok(())
+    }
+}
+
+impl JobDir {
+    /// Refuses a job directory that is a symbolic link (or not a directory): the state
+    /// directory is the runner's alone, and a link in it would send its writes elsewhere.
+    pub(super) fn check_real_dir(&self) -> Result<(), StoreError> {
+        let meta = fs::symlink_metadata(&self.dir).map_err(StoreError::io("inspect", &self.dir))?;
+        if meta.file_type().is_dir() {
+            return Ok(());
+        }
+        Err(StoreError::Io {
+            action: "use",
+            path: self.dir.clone(),
+            cause: io::Error::other(format!(
+                "it is {}, not a directory: the runner never follows one in the state directory",
+                kind(meta.file_type())
+            )),
+        })
+    }
+}
+
+/// Opens a file of the job's directory with `options`, without following a symbolic
+/// link and without blocking on a FIFO; anything but a regular file is an error that
+/// says what it is. The state directory is the runner's alone: a link there must never
+/// send a write (or a read) elsewhere.
+fn open_regular(options: &mut OpenOptions, path: &Path) -> io::Result<File> {
+    let file = options
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| {
+            if error.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::other(
+                    "it is a symbolic link, which the runner never follows in the state directory",
+                )
+            } else {
+                error
+            }
+        })?;
+    let file_type = file.metadata()?.file_type();
+    if !file_type.is_file() {
+        return Err(io::Error::other(format!(
+            "it is {}, not a regular file: the runner never reads or writes one in the state \
+             directory",
+            kind(file_type)
+        )));
+    }
+    Ok(file)
+}
+
+/// What kind of file `file_type` is, for people.
+fn kind(file_type: fs::FileType) -> &'static str {
+    if file_type.is_symlink() {
+        "a symbolic link"
+    } else if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "a device"
+    } else {
+        "a regular file"
     }
 }
 

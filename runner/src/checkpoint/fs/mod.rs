@@ -295,9 +295,8 @@ impl LocalJob {
     /// Refuses a job that has no directory, for `runner state`.
     fn existing(&self) -> Result<()> {
         let path = self.dir.path();
-        match fs::metadata(path) {
-            Ok(meta) if meta.is_dir() => Ok(()),
-            Ok(_) => bail!("`{}` is not a directory", path.display()),
+        match fs::symlink_metadata(path) {
+            Ok(_) => Ok(self.dir.check_real_dir()?),
             Err(error) if error.kind() == ErrorKind::NotFound => bail!(
                 "job `{}` has no state in `{}` (is the job id or --state-dir wrong?)",
                 self.job_id,

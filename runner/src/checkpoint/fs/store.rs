@@ -201,7 +201,7 @@ impl LocalStore {
             Some(problem) => Err(StoreError::Io {
                 action: "take a fencing number in",
                 path: self.dir.file(FENCE),
-                source: std::io::Error::other(problem.clone()),
+                cause: std::io::Error::other(problem.clone()),
             }),
         }
     }
