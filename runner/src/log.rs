@@ -3,13 +3,17 @@
 //! job's progress reports.
 //!
 //! Lines are `tracing` events of the `runner` crate; other crates' events (wasmtime's)
-//! are not shown. Stdout belongs to the job and is never written here.
+//! are not shown. They go through a bounded queue to a thread of their own ([`drain`]
+//! waits for them at the end), so that saying something never blocks. Stdout belongs to
+//! the job and is never written here.
 
 use std::io::{self, IsTerminal as _, Write as _};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tracing::Level;
@@ -62,6 +66,7 @@ pub fn init(format: LogFormat) {
             )
         }
         LogFormat::Json => {
+            lines().json.store(true, Ordering::Relaxed);
             let layer = tracing_subscriber::fmt::layer()
                 .with_writer(Stderr)
                 .log_internal_errors(false)
@@ -240,9 +245,9 @@ impl tokio::io::AsyncWrite for JobOutput {
     }
 }
 
-/// The writer of log lines: stderr, with the bar (if any) cleared while a line is
-/// written, and errors ignored: a broken stderr (a terminal that hung up) must not panic
-/// the signal task or the deadline thread.
+/// The writer of log lines: a bounded queue to the thread that writes them to stderr.
+/// Errors are ignored: a broken stderr (a terminal that hung up) must not panic the signal
+/// task or the deadline thread.
 struct Stderr;
 
 impl<'a> MakeWriter<'a> for Stderr {
@@ -258,13 +263,116 @@ struct Line;
 
 impl io::Write for Line {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        around_bar(|| {
-            let _ = io::stderr().lock().write_all(line);
-        });
+        lines().send(line);
         Ok(line.len())
     }
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
     }
+}
+
+/// How many lines wait for stderr at most; more are dropped (and counted).
+const QUEUE_LINES: usize = 1024;
+
+/// The runner's lines on their way to stderr: a bounded queue and a thread of its own
+/// that writes them, so that a stalled stderr (a full pipe nobody reads, a job blocked
+/// writing to it, which holds its lock) never blocks the signal path, the deadline, the
+/// watchdog or the exit. A line that finds the queue full is dropped and counted, never
+/// reordered; the count is said as soon as stderr moves again.
+struct Lines {
+    queue: SyncSender<Vec<u8>>,
+    /// Lines sent and lines written (or given up), for [`drain`].
+    progress: Mutex<(u64, u64)>,
+    written: Condvar,
+    dropped: AtomicU64,
+    /// Whether the lines are JSON objects (the count is said as one too).
+    json: AtomicBool,
+}
+
+/// The queue, and its writer thread, started with the first line.
+fn lines() -> &'static Lines {
+    static LINES: OnceLock<Lines> = OnceLock::new();
+    LINES.get_or_init(|| {
+        let (queue, queued) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
+        // Without the thread, lines are dropped (and counted) once the queue is full,
+        // rather than written inline, which could block.
+        let _ = std::thread::Builder::new()
+            .name("runner-stderr".into())
+            .spawn(move || {
+                for line in queued {
+                    lines().write(&line);
+                }
+            });
+        Lines {
+            queue,
+            progress: Mutex::new((0, 0)),
+            written: Condvar::new(),
+            dropped: AtomicU64::new(0),
+            json: AtomicBool::new(false),
+        }
+    })
+}
+
+impl Lines {
+    fn send(&self, line: &[u8]) {
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        match self.queue.try_send(line.to_vec()) {
+            Ok(()) => progress.0 += 1,
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Writes one line (after the count of lines dropped before it, if any), on the
+    /// writer thread.
+    fn write(&self, line: &[u8]) {
+        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        around_bar(|| {
+            let mut stderr = io::stderr().lock();
+            if dropped > 0 {
+                let note =
+                    format!("{dropped} line(s) of the runner dropped: stderr was not being read");
+                let _ = if self.json.load(Ordering::Relaxed) {
+                    writeln!(
+                        stderr,
+                        "{}",
+                        serde_json::json!({
+                            "timestamp": humantime::format_rfc3339_micros(SystemTime::now()).to_string(),
+                            "level": "WARN",
+                            "message": note,
+                        })
+                    )
+                } else {
+                    writeln!(stderr, "runner: {note}")
+                };
+            }
+            let _ = stderr.write_all(line);
+        });
+        let mut progress = self.progress.lock().unwrap_or_else(PoisonError::into_inner);
+        progress.1 += 1;
+        self.written.notify_all();
+    }
+}
+
+/// Writes `text` (a usage error, as clap renders it) to stderr through the same queue.
+pub fn write_raw(text: &str) {
+    lines().send(text.as_bytes());
+}
+
+/// How long the runner waits for its last lines to reach stderr before it exits.
+pub const LAST_LINES_WAIT: Duration = Duration::from_secs(1);
+
+/// Waits until every line logged so far is written to stderr, for at most `bound`: the
+/// last lines before the runner exits, which a stalled stderr must not hold up.
+pub fn drain(bound: Duration) {
+    let lines = lines();
+    let progress = lines
+        .progress
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let _ = lines
+        .written
+        .wait_timeout_while(progress, bound, |(sent, written)| written < sent);
 }

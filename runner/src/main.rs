@@ -13,14 +13,31 @@ use runner::{Outcome, signals};
 use signal_hook_tokio::Signals;
 
 fn main() -> ExitCode {
+    let code = run_main();
+    // The last lines, which a stalled stderr must not hold up beyond a bound.
+    runner::log::drain(runner::log::LAST_LINES_WAIT);
+    code
+}
+
+fn run_main() -> ExitCode {
     // Before anything else, even the runtime: a stop signal from now on waits for its
     // handler instead of killing the runner.
     let held = signals::hold();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
-            // --help and --version exit 0, usage errors 2.
-            let _ = error.print();
+            // --help and --version exit 0, usage errors 2. An error goes through the
+            // runner's queue for stderr, which a stalled stderr does not block.
+            if error.use_stderr() {
+                let rendered = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                    error.render().ansi().to_string()
+                } else {
+                    error.render().to_string()
+                };
+                runner::log::write_raw(&rendered);
+            } else {
+                let _ = error.print();
+            }
             // Not for --help, --version, or help shown for a missing subcommand.
             if error.use_stderr()
                 && error.kind() != clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand

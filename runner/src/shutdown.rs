@@ -378,6 +378,7 @@ fn exit_stuck(reason: StopReason, report: Option<StuckExit>) -> ! {
         format_duration(FORCED_EXIT_AFTER),
         outcome.exit_code()
     );
+    let reporting = Instant::now();
     let code = match report {
         Some(report) => report(reason, &said),
         None => {
@@ -385,6 +386,9 @@ fn exit_stuck(reason: StopReason, report: Option<StuckExit>) -> ! {
             outcome.exit_code()
         }
     };
+    // The report and the last lines share one bound: the exit comes at most that long
+    // after the watchdog's wait.
+    crate::log::drain(crate::log::LAST_LINES_WAIT.saturating_sub(reporting.elapsed()));
     std::process::exit(i32::from(code))
 }
 

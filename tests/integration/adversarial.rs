@@ -11,7 +11,8 @@ use runner::checkpoint::MAX_STATE_LEN;
 use test_guests::{COMMAND, PYTHON_TESTJOB, TESTJOB};
 
 use crate::util::{
-    Finished, Running, SIGHUP, SIGINT, SIGTERM, Sandbox, bare_runner, run, wait_until,
+    Finished, Running, SIGHUP, SIGINT, SIGTERM, Sandbox, bare_runner, run, takes_sigterm,
+    wait_until,
 };
 
 /// The process's peak resident set size, in bytes.
@@ -200,4 +201,150 @@ fn runner_state_stops_on_a_signal() {
             .assert_stderr("received SIGTERM: runner state stopped");
         assert!(signalled.elapsed() < Duration::from_secs(5), "{action}");
     }
+}
+
+/// A pipe whose buffer is full and whose reader never reads: a stuck log shipper. Writes
+/// to it block.
+fn full_pipe() -> (std::io::PipeReader, std::io::PipeWriter) {
+    use std::io::Write as _;
+    use std::os::fd::AsRawFd as _;
+    let (reader, mut writer) = std::io::pipe().expect("pipe");
+    let fd = writer.as_raw_fd();
+    #[expect(unsafe_code, reason = "fcntl(2) has no safe wrapper in std")]
+    // SAFETY: fcntl on a descriptor this function owns; no memory is passed.
+    let set = |nonblocking: bool| unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let flags = if nonblocking {
+            flags | libc::O_NONBLOCK
+        } else {
+            flags & !libc::O_NONBLOCK
+        };
+        assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags), 0, "fcntl");
+    };
+    set(true);
+    let chunk = [b'.'; 4096];
+    while writer.write(&chunk).is_ok() {}
+    set(false);
+    (reader, writer)
+}
+
+/// How long after the grace deadline the runner exits at most, whatever blocks: the
+/// watchdog's 2 s, 1 s for the last lines (README, "Stopping"); and a margin for a
+/// loaded machine.
+const AFTER_DEADLINE: Duration = Duration::from_secs(3 + 3);
+
+/// Starts `command` with its stderr a full pipe nobody reads and a termination log in
+/// `sandbox`; stdout is read as usual.
+/// The pipe's unread end is returned: keep it until the runner has exited.
+fn start_with_stalled_stderr(
+    sandbox: &Sandbox,
+    command: &mut Command,
+) -> (Running, std::io::PipeReader) {
+    let (unread, stderr) = full_pipe();
+    command.env(
+        "RUNNER_TERMINATION_LOG",
+        sandbox.path().join("summary.json"),
+    );
+    (
+        Running::start_with_stderr(command, Stdio::null(), stderr.into()),
+        unread,
+    )
+}
+
+fn summary(sandbox: &Sandbox) -> String {
+    fs::read_to_string(sandbox.path().join("summary.json")).expect("a summary")
+}
+
+/// Nothing the runner prints can block a stop: with stderr a full pipe nobody reads, a
+/// cooperative job still sees the request and suspends, within its grace. (The line
+/// "received SIGTERM" used to block the signal path, and the runner outlived SIGKILL.)
+#[test]
+fn a_stalled_stderr_does_not_block_a_cooperative_stop() {
+    let sandbox = Sandbox::new();
+    let (running, _unread) = start_with_stalled_stderr(
+        &sandbox,
+        sandbox.runner().args(["--grace", "3s", TESTJOB, "wait"]),
+    );
+    running.wait_for_line("ready");
+    let signalled = Instant::now();
+    running.signal(SIGTERM);
+    running.wait_for_line("stop seen by pollable");
+    let finished = running.wait();
+    let took = signalled.elapsed();
+    finished.assert_code(75);
+    assert!(took < Duration::from_secs(3) + AFTER_DEADLINE, "{took:?}");
+    assert!(summary(&sandbox).contains(r#""outcome":"suspended""#));
+}
+
+/// A stop that comes before the job starts (while it waits for the job's lock), with
+/// stderr stalled.
+#[test]
+fn a_stalled_stderr_does_not_block_a_stop_before_the_job_starts() {
+    let sandbox = Sandbox::new();
+    let owner = Running::start(sandbox.runner().args([TESTJOB, "wait"]), Stdio::null());
+    owner.wait_for_line("ready");
+    let (waiting, _unread) = start_with_stalled_stderr(
+        &sandbox,
+        sandbox
+            .runner()
+            .args(["--lock-timeout", "10m", TESTJOB, "wait"]),
+    );
+    wait_until("the runner's signal handlers", || {
+        takes_sigterm(waiting.pid()).then_some(())
+    });
+    let signalled = Instant::now();
+    waiting.signal(SIGTERM);
+    let finished = waiting.wait();
+    let took = signalled.elapsed();
+    finished.assert_code(75);
+    assert!(took < AFTER_DEADLINE, "{took:?}");
+    owner.signal(SIGTERM);
+    owner.wait().assert_code(75);
+}
+
+/// A job blocked writing to the stalled stderr is left behind after the deadline, as one
+/// blocked on stdout is: the runner exits with the forced-stop code and its summary.
+#[test]
+fn a_job_blocked_on_a_stalled_stderr_is_stopped_at_the_deadline() {
+    let sandbox = Sandbox::new();
+    let (unread, stderr) = std::io::pipe().expect("pipe");
+    let mut command = sandbox.runner();
+    command
+        .arg("--termination-log")
+        .arg(sandbox.path().join("summary.json"))
+        .args(["--grace", "1s", TESTJOB, "flood", "stderr"]);
+    let running = Running::start_with_stderr(&mut command, Stdio::null(), stderr.into());
+    wait_until("the job's checkpoint", || sandbox.checkpoint("testjob"));
+    let signalled = Instant::now();
+    running.signal(SIGTERM);
+    let finished = running.wait();
+    let took = signalled.elapsed();
+    drop(unread);
+    finished.assert_code(143);
+    assert!(took < Duration::from_secs(1) + AFTER_DEADLINE, "{took:?}");
+    let summary = summary(&sandbox);
+    assert!(
+        summary.contains(r#""outcome":"stopped-by-force","exit_code":143"#),
+        "{summary}"
+    );
+}
+
+/// An early error (a missing job file) with a stalled stderr exits at once, with its
+/// summary.
+#[test]
+fn a_stalled_stderr_does_not_block_an_early_error() {
+    let sandbox = Sandbox::new();
+    let started = Instant::now();
+    let (running, _unread) = start_with_stalled_stderr(
+        &sandbox,
+        sandbox.runner().arg(sandbox.path().join("missing.wasm")),
+    );
+    let finished = running.wait();
+    finished.assert_code(2);
+    assert!(
+        started.elapsed() < AFTER_DEADLINE,
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(summary(&sandbox).contains("missing.wasm"));
 }

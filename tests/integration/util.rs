@@ -231,10 +231,15 @@ pub struct Running {
 
 impl Running {
     pub fn start(command: &mut Command, stdin: Stdio) -> Self {
+        Self::start_with_stderr(command, stdin, Stdio::piped())
+    }
+
+    /// [`Running::start`] with stderr given; only a piped one is read.
+    pub fn start_with_stderr(command: &mut Command, stdin: Stdio, stderr: Stdio) -> Self {
         let mut child = command
             .stdin(stdin)
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stderr(stderr)
             .spawn()
             .expect("start runner");
         let (sender, lines) = mpsc::channel();
@@ -251,18 +256,19 @@ impl Running {
                 let _ = sender.send(line);
             }
         });
-        let mut pipe = child.stderr.take().expect("stderr piped");
-        let stderr_reader = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
+        let stderr_reader = child.stderr.take().map(|mut pipe| {
+            thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
         });
         Running {
             child,
             lines,
             stdout,
             stdout_reader: Some(stdout_reader),
-            stderr_reader: Some(stderr_reader),
+            stderr_reader,
         }
     }
 

@@ -147,7 +147,10 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             ctx.checkpoint()?;
             let line = "x".repeat(1023);
             loop {
-                println!("{line}");
+                match arg.as_deref() {
+                    Some("stderr") => eprintln!("{line}"),
+                    _ => println!("{line}"),
+                }
             }
         }
         // Saves a small state, then on the request tries to save ARG bytes and prints
