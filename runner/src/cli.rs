@@ -129,12 +129,12 @@ pub struct RunArgs {
     /// before it is stopped by force. Keep it shorter than the time your orchestrator
     /// waits before SIGKILL (Kubernetes: terminationGracePeriodSeconds, 30s by default).
     #[arg(long, value_name = "DURATION", env = "RUNNER_GRACE", default_value = "25s",
-          value_parser = parse_duration)]
+          value_parser = utf8(parse_duration))]
     pub grace: Duration,
 
     /// Ask the job to stop after it has run this long (counted from when the job
     /// starts, after it is compiled), then stop it by force after the grace period.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = utf8(parse_duration))]
     pub timeout: Option<Duration>,
 
     /// Where checkpoints are kept, one directory per job id. Default: $RUNNER_STATE_DIR,
@@ -159,7 +159,7 @@ pub struct RunArgs {
     /// are fsynced and their lengths recorded; a resumed run first cuts them back to those
     /// lengths and removes files created since, so what the job writes there between
     /// checkpoints is neither lost nor duplicated. Files there must be append-only.
-    #[arg(long, value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    #[arg(long, value_name = "HOST[::GUEST]", value_parser = utf8(parse_dir))]
     pub output: Option<DirMapping>,
 
     /// How long to wait for the job's lock when another runner holds it (a pod still
@@ -169,7 +169,7 @@ pub struct RunArgs {
     /// once the old pod has exited (a Job's podReplacementPolicy: Failed).
     /// With s3:// state, the wait lasts while the owner renews its lease.
     #[arg(long, value_name = "DURATION", env = "RUNNER_LOCK_TIMEOUT", default_value = "60s",
-          value_parser = parse_duration)]
+          value_parser = utf8(parse_duration))]
     pub lock_timeout: Duration,
 
     /// With s3:// state: how long this run's ownership of the job outlives its last
@@ -179,7 +179,7 @@ pub struct RunArgs {
     /// run has taken the job over, its next save (or renewal) finds out and stops its job
     /// (`fenced`, exit 69).
     #[arg(long, value_name = "DURATION", env = "RUNNER_LEASE", default_value = "30s",
-          value_parser = parse_lease)]
+          value_parser = utf8(parse_lease))]
     pub lease: Duration,
 
     /// Where compiled jobs are cached, so that only the first run of a job compiles it.
@@ -207,12 +207,12 @@ pub struct RunArgs {
 
     /// Give the job a host directory, at GUEST inside the job (default: the same path).
     /// May be repeated. The job sees no other files.
-    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = parse_dir)]
+    #[arg(long = "dir", value_name = "HOST[::GUEST]", value_parser = utf8(parse_dir))]
     pub dirs: Vec<DirMapping>,
 
     /// Set an environment variable for the job; NAME alone passes the runner's own
     /// value. May be repeated. The job sees no other variables.
-    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env)]
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = utf8(parse_env))]
     pub envs: Vec<EnvSetting>,
 
     /// The job (a WebAssembly component of the runner:job/job world), then the
@@ -291,7 +291,7 @@ impl RunArgs {
         };
         let state = state_location(self.state_dir)?;
         if let Some(output) = &self.output
-            && !state.on_this_node()
+            && state.local_dir().is_none()
         {
             bail!(
                 "--output `{}` keeps the job's files on this node, where a run resumed on \
@@ -316,6 +316,17 @@ impl RunArgs {
         if let Some(output) = &self.output {
             env.push(("RUNNER_OUTPUT_DIR".to_owned(), output.guest.clone()));
         }
+        let cache_dir = if self.no_cache {
+            None
+        } else {
+            self.cache_dir.or_else(default_cache_dir)
+        };
+        check_dirs(
+            &self.dirs,
+            self.output.as_ref(),
+            &state,
+            cache_dir.as_deref(),
+        )?;
 
         Ok(RunConfig {
             job,
@@ -330,11 +341,7 @@ impl RunArgs {
             lock_timeout: self.lock_timeout,
             lease: self.lease,
             start_over: self.start_over,
-            cache_dir: if self.no_cache {
-                None
-            } else {
-                self.cache_dir.or_else(default_cache_dir)
-            },
+            cache_dir,
         })
     }
 }
@@ -392,6 +399,83 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
         return Err(format!("a lease of `{text}` is not between 1s and 1day"));
     }
     Ok(lease)
+}
+
+/// `parse` for a value that may not be UTF-8, so that the error names the argument
+/// (clap's own for a value that is not UTF-8 names none).
+fn utf8<T: Clone + Send + Sync + 'static>(
+    parse: fn(&str) -> Result<T, String>,
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().try_map(move |value: OsString| match value.to_str() {
+        Some(text) => parse(text),
+        None => Err(format!("`{}` is not UTF-8", value.to_string_lossy())),
+    })
+}
+
+/// Refuses `--dir`s that give the job one guest path twice (the later would hide the
+/// earlier), or that give it the state directory or the compiled-job cache (the job
+/// could rewrite its own or another job's checkpoints, or what the runner loads).
+fn check_dirs(
+    dirs: &[DirMapping],
+    output: Option<&DirMapping>,
+    state: &Location,
+    cache: Option<&Path>,
+) -> Result<()> {
+    let all: Vec<(&str, &DirMapping)> = dirs
+        .iter()
+        .map(|dir| ("--dir", dir))
+        .chain(output.map(|output| ("--output", output)))
+        .collect();
+    for (i, (flag, dir)) in all.iter().enumerate() {
+        let guest = dir.guest.trim_end_matches('/');
+        if let Some((other_flag, other)) = all[..i]
+            .iter()
+            .find(|(_, other)| other.guest.trim_end_matches('/') == guest)
+        {
+            bail!(
+                "{other_flag} `{}` and {flag} `{}` both give the job `{}`: give each a guest path \
+                 of its own (HOST::GUEST)",
+                other.host.display(),
+                dir.host.display(),
+                dir.guest
+            );
+        }
+    }
+    let runner_dirs = [
+        state.local_dir().map(|dir| ("--state-dir", dir)),
+        cache.map(|dir| ("the compiled-job cache", dir)),
+    ];
+    for dir in dirs {
+        let host = resolved(&dir.host);
+        for (what, runner_dir) in runner_dirs.iter().flatten() {
+            let runner_dir = resolved(runner_dir);
+            if host.starts_with(&runner_dir) || runner_dir.starts_with(&host) {
+                bail!(
+                    "--dir `{}` overlaps {what} `{}`: the job must not see the runner's own \
+                     files (give --dir a narrower directory, or keep them elsewhere)",
+                    dir.host.display(),
+                    runner_dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `path` as the file system resolves it, as far as it exists; absolute in any case.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+    let existing = absolute
+        .ancestors()
+        .find_map(|ancestor| Some((ancestor, ancestor.canonicalize().ok()?)));
+    match existing {
+        Some((ancestor, canonical)) => match absolute.strip_prefix(ancestor) {
+            Ok(rest) => canonical.join(rest),
+            Err(_) => canonical,
+        },
+        None => absolute,
+    }
 }
 
 fn parse_dir(text: &str) -> Result<DirMapping, String> {

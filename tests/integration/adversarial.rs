@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use runner::checkpoint::MAX_STATE_LEN;
-use test_guests::{COMMAND, PYTHON_TESTJOB, TESTJOB};
+use test_guests::{COMMAND, PYTHON_TESTJOB, SEQUENCE, TESTJOB};
 
 use crate::util::{
     Finished, Running, SIGHUP, SIGINT, SIGTERM, Sandbox, bare_runner, run, takes_sigterm,
@@ -347,4 +347,108 @@ fn a_stalled_stderr_does_not_block_an_early_error() {
         started.elapsed()
     );
     assert!(summary(&sandbox).contains("missing.wasm"));
+}
+
+/// Every bad value gets a one-line error naming its argument or its cause, exit 2, and
+/// changes nothing.
+#[test]
+fn bad_arguments_are_refused_with_a_line_that_names_them() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt as _;
+
+    let sandbox = Sandbox::new();
+    let not_utf8 = OsStr::from_bytes(b"A=\xff");
+    run(sandbox.runner().arg("--env").arg(not_utf8).arg(COMMAND))
+        .assert_code(2)
+        .assert_stderr("for '--env <NAME[=VALUE]>'")
+        .assert_stderr("is not UTF-8");
+    run(sandbox
+        .runner()
+        .env("RUNNER_GRACE", OsStr::from_bytes(b"\xff"))
+        .arg(COMMAND))
+    .assert_code(2)
+    .assert_stderr("for '--grace <DURATION>'");
+
+    let (a, b) = (sandbox.path().join("a"), sandbox.path().join("b"));
+    fs::create_dir_all(&a).expect("a");
+    fs::create_dir_all(&b).expect("b");
+    let mapped = |host: &std::path::Path, guest: &str| format!("{}::{guest}", host.display());
+    run(sandbox
+        .runner()
+        .args([
+            "--dir",
+            &mapped(&a, "/data"),
+            "--dir",
+            &mapped(&b, "/data/"),
+        ])
+        .arg(COMMAND))
+    .assert_code(2)
+    .assert_stderr("both give the job `/data/`");
+    run(sandbox
+        .runner()
+        .args([
+            "--dir",
+            &mapped(&a, "/data"),
+            "--output",
+            &mapped(&b, "/data"),
+        ])
+        .arg(COMMAND))
+    .assert_code(2)
+    .assert_stderr("--output");
+    // The state directory, or a directory around it, or the compiled-job cache.
+    for granted in [
+        sandbox.state_dir(),
+        sandbox.path().to_owned(),
+        sandbox.cache_dir(),
+    ] {
+        run(sandbox.runner().arg("--dir").arg(&granted).arg(COMMAND))
+            .assert_code(2)
+            .assert_stderr("the job must not see the runner's own files");
+    }
+    assert!(!sandbox.state_dir().exists(), "a refused run made state");
+
+    for bad in ["-x", "a\u{1b}[31mred"] {
+        let finished = run(sandbox.runner().arg(format!("--job-id={bad}")).arg(COMMAND));
+        finished.assert_code(2).assert_stderr("is not a job id");
+        assert!(!finished.stderr.contains('\u{1b}'), "{}", finished.stderr);
+    }
+}
+
+/// `--start-over` checks that it can take a new fencing number before it removes
+/// anything: a `fence` it cannot replace refuses the run with the checkpoints intact.
+#[test]
+fn starting_over_with_an_unusable_fence_removes_nothing() {
+    let sandbox = Sandbox::new();
+    run(sandbox.runner().args([TESTJOB, "show"])).assert_code(0);
+    let job_dir = sandbox.job_dir("testjob");
+    // The job saved nothing yet: give it a checkpoint by a run that saves.
+    let saving = Running::start(sandbox.runner().args([TESTJOB, "wait"]), Stdio::null());
+    saving.wait_for_line("ready");
+    saving.signal(SIGTERM);
+    saving.wait().assert_code(75);
+    let before = fs::read(job_dir.join("checkpoint")).expect("a checkpoint");
+    fs::remove_file(job_dir.join("fence")).expect("remove fence");
+    fs::create_dir(job_dir.join("fence")).expect("a directory in its place");
+    run(sandbox.runner().args(["--start-over", TESTJOB, "show"]))
+        .assert_code(2)
+        .assert_stderr("fence");
+    assert_eq!(fs::read(job_dir.join("checkpoint")).expect("kept"), before);
+}
+
+/// `--start-over` removes what the job left in `--output`, links included.
+#[test]
+fn starting_over_removes_links_the_job_left_in_its_output() {
+    let sandbox = Sandbox::new();
+    run(&mut sandbox.sequence(10)).assert_code(0);
+    let link = sandbox.output_dir().join("link");
+    symlink("/etc/hostname", &link).expect("symlink");
+    run(sandbox
+        .runner()
+        .arg("--start-over")
+        .arg("--output")
+        .arg(sandbox.output_dir())
+        .args([SEQUENCE, "10"]))
+    .assert_code(0);
+    assert!(fs::symlink_metadata(&link).is_err(), "the link survived");
+    assert!(sandbox.check_sequence_output(10).is_exact(10));
 }

@@ -209,7 +209,7 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
             assert!(in_a_bucket, "{manifest}: RUNNER_STATE_DIR {dir}");
             let location = runner::checkpoint::Location::parse(dir.into());
             assert!(
-                location.is_ok_and(|location| !location.on_this_node()),
+                location.is_ok_and(|location| location.local_dir().is_none()),
                 "{manifest}: {dir}"
             );
         }

@@ -2,7 +2,7 @@
 //! location to its backend.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::bucket::s3::S3Url;
@@ -30,9 +30,10 @@ impl Location {
         self.0.job(job_id)
     }
 
-    /// Whether the state stays on this node.
-    pub fn on_this_node(&self) -> bool {
-        self.0.on_this_node()
+    /// The directory the state is kept in, when it is one on this node (so that files
+    /// beside it, an `--output` directory, are found by the next run).
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.0.local_dir()
     }
 }
 

@@ -46,13 +46,13 @@ pub(crate) const MAX_RECORD_LEN: u64 = MAX_STATE_LEN + (64 << 20);
 pub struct JobId(String);
 
 impl JobId {
-    /// Accepts ids of 1 to 128 letters, digits, `.`, `_` and `-`, not starting with `.`,
-    /// so that an id is always one safe directory name.
+    /// Accepts ids of 1 to 128 letters, digits, `.`, `_` and `-`, not starting with `.`
+    /// or `-`, so that an id is always one safe directory name and never reads as a flag.
     pub fn new(id: &str) -> Result<Self, InvalidJobId> {
         let valid_chars = id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if id.is_empty() || id.len() > 128 || id.starts_with('.') || !valid_chars {
+        if id.is_empty() || id.len() > 128 || id.starts_with(['.', '-']) || !valid_chars {
             return Err(InvalidJobId(id.to_owned()));
         }
         Ok(JobId(id.to_owned()))
@@ -70,10 +70,13 @@ impl fmt::Display for JobId {
     }
 }
 
-/// A job id that is not usable as a directory name.
+/// A job id that is not usable as a directory name; shown with control characters
+/// escaped.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "`{0}` is not a job id: use 1 to 128 letters, digits, '.', '_' or '-', not starting with '.'"
+    "`{}` is not a job id: use 1 to 128 letters, digits, '.', '_' or '-', not starting with \
+     '.' or '-'",
+    .0.escape_debug()
 )]
 pub struct InvalidJobId(String);
 
@@ -193,9 +196,8 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug + fmt::Display {
     /// The place of `job_id`; nothing is touched yet.
     fn job(&self, job_id: &JobId) -> anyhow::Result<Box<dyn Place>>;
 
-    /// Whether the state stays on this node, so that files beside it (an `--output`
-    /// directory) are found by the next run.
-    fn on_this_node(&self) -> bool;
+    /// The directory the state is kept in, when it is one on this node.
+    fn local_dir(&self) -> Option<&std::path::Path>;
 }
 
 /// A job's place in a [`Location`], not owned by this run: what a run acquires and
@@ -337,6 +339,8 @@ mod tests {
             ".",
             "..",
             ".hidden",
+            "-x",
+            "--grace",
             "a/b",
             "a b",
             "é",
@@ -344,5 +348,10 @@ mod tests {
         ] {
             assert!(JobId::new(bad).is_err(), "{bad}");
         }
+        let error = JobId::new("a\nb\x1b").expect_err("control characters");
+        assert!(
+            error.to_string().starts_with("`a\\nb\\u{1b}` is not"),
+            "{error}"
+        );
     }
 }

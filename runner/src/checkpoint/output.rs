@@ -151,6 +151,29 @@ impl OutputDir {
 
     /// Lists the regular files under `dir` (whose path relative to the root is
     /// `prefix`) with their lengths, calling `on_dir` on every directory.
+    /// Removes what the job left below `dir` that is neither a regular file nor a
+    /// directory (links, FIFOs, sockets), which no record tracks; returns how many.
+    fn remove_others(dir: &Path) -> Result<usize> {
+        let mut removed = 0;
+        let entries =
+            fs::read_dir(dir).with_context(|| format!("cannot list `{}`", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list `{}`", dir.display()))?;
+            let path = entry.path();
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("cannot inspect `{}`", path.display()))?;
+            if kind.is_dir() {
+                removed += Self::remove_others(&path)?;
+            } else if !kind.is_file() {
+                fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove `{}`", path.display()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     fn walk(
         &self,
         dir: &Path,
@@ -231,8 +254,14 @@ pub(crate) fn restore(
             ),
         },
         // Starting over, or an earlier run of this job with this directory died before
-        // its first checkpoint: all it wrote there goes.
-        None if start_over || loaded.earlier_output.as_deref() == Some(output.key()) => &[],
+        // its first checkpoint: all it wrote there goes, links included.
+        None if start_over || loaded.earlier_output.as_deref() == Some(output.key()) => {
+            let removed = OutputDir::remove_others(output.path())?;
+            if removed > 0 {
+                say!("removed {removed} link(s) or special file(s) from `{shown}`");
+            }
+            &[]
+        }
         None => {
             if output.has_files()? {
                 bail!(

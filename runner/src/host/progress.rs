@@ -29,7 +29,8 @@ impl Progress {
     pub fn latest(&self) -> Option<String> {
         let (done, total) = self.status.progress()?;
         Some(match total {
-            Some(0) => format!("{done}/0"),
+            // Past the total (a job's own count): as it is, without a nonsense percentage.
+            Some(total) if done > total || total == 0 => format!("{done}/{total}"),
             Some(total) => format!(
                 "{done}/{total} ({:.1}%)",
                 done as f64 * 100.0 / total as f64
@@ -56,5 +57,24 @@ impl Host for Progress {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_past_their_total_show_no_percentage() {
+        let status = Arc::new(RunStatus::default());
+        let progress = Progress::new(Arc::clone(&status));
+        let shown = |done, total| {
+            status.progressed(done, total);
+            progress.latest().expect("a report")
+        };
+        assert_eq!(shown(1200, Some(5000)), "1200/5000 (24.0%)");
+        assert_eq!(shown(u64::MAX, Some(100)), format!("{}/100", u64::MAX));
+        assert_eq!(shown(3, Some(0)), "3/0");
+        assert_eq!(shown(7, None), "7");
     }
 }

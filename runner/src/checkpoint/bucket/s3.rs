@@ -92,8 +92,8 @@ impl Backend for S3Url {
     }
 
     /// A bucket is reached from every node.
-    fn on_this_node(&self) -> bool {
-        false
+    fn local_dir(&self) -> Option<&std::path::Path> {
+        None
     }
 }
 

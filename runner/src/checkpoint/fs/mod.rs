@@ -76,8 +76,8 @@ impl Backend for StateDir {
         }))
     }
 
-    fn on_this_node(&self) -> bool {
-        true
+    fn local_dir(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 }
 

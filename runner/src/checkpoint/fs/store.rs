@@ -57,6 +57,10 @@ impl Claim {
         let fenced_before = match dir.read_fence() {
             Ok(fence) => fence,
             Err(error) if start_over => {
+                // Removed before anything else: a `fence` that cannot be replaced (a
+                // directory) must refuse the run now, not fail every save after the
+                // checkpoints are gone.
+                remove_if_present(&dir.file(FENCE))?;
                 loaded
                     .notes
                     .push(format!("starting over: ignoring {error}"));
