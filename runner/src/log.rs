@@ -290,9 +290,11 @@ struct Lines {
     json: AtomicBool,
 }
 
+/// The queue and its writer thread, once a line was logged.
+static LINES: OnceLock<Lines> = OnceLock::new();
+
 /// The queue, and its writer thread, started with the first line.
 fn lines() -> &'static Lines {
-    static LINES: OnceLock<Lines> = OnceLock::new();
     LINES.get_or_init(|| {
         let (queue, queued) = mpsc::sync_channel::<Vec<u8>>(QUEUE_LINES);
         // Without the thread, lines are dropped (and counted) once the queue is full,
@@ -367,7 +369,10 @@ pub const LAST_LINES_WAIT: Duration = Duration::from_secs(1);
 /// Waits until every line logged so far is written to stderr, for at most `bound`: the
 /// last lines before the runner exits, which a stalled stderr must not hold up.
 pub fn drain(bound: Duration) {
-    let lines = lines();
+    // A run that said nothing has no queue to wait for (and starts no thread for it).
+    let Some(lines) = LINES.get() else {
+        return;
+    };
     let progress = lines
         .progress
         .lock()
