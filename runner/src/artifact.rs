@@ -170,28 +170,35 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
 /// came first, and a stop that comes after the write knows it came too late.
 #[derive(Debug, Default)]
 pub struct WriteGate {
-    /// Whether a stop closed the gate, and whether the write went through it.
-    state: std::sync::Mutex<(bool, bool)>,
+    state: std::sync::Mutex<Gate>,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    /// A stop closed the gate: no write goes through any more.
+    closed: bool,
+    /// A write went through.
+    written: bool,
 }
 
 impl WriteGate {
     /// Runs `write` unless the gate was closed; `None` if it was.
     pub fn write<T>(&self, write: impl FnOnce() -> Result<T>) -> Option<Result<T>> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        if state.0 {
+        let mut gate = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if gate.closed {
             return None;
         }
         let written = write();
-        state.1 = written.is_ok();
+        gate.written = written.is_ok();
         Some(written)
     }
 
     /// Closes the gate, waiting for a write under way; returns whether a write went
     /// through before.
     pub fn close(&self) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        state.0 = true;
-        state.1
+        let mut gate = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        gate.closed = true;
+        gate.written
     }
 }
 

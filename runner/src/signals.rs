@@ -134,18 +134,21 @@ pub fn unless_stopped<T: Send + 'static>(
     if let Err(error) = spawned {
         return Ok(Err(anyhow::anyhow!("cannot start a thread: {error}")));
     }
+    let panicked = |_| Err(anyhow::anyhow!("the subcommand panicked"));
     runtime.block_on(async {
         let mut result = std::pin::pin!(result);
         loop {
             tokio::select! {
-                done = &mut result => {
-                    return Ok(done.unwrap_or_else(|_| Err(anyhow::anyhow!("the subcommand panicked"))));
-                }
-                signal = signals.next() => {
-                    if let Some(reason) = signal.and_then(reason) {
-                        return Err(reason);
+                done = &mut result => return Ok(done.unwrap_or_else(panicked)),
+                signal = signals.next() => match signal {
+                    Some(signal) => {
+                        if let Some(reason) = reason(signal) {
+                            return Err(reason);
+                        }
                     }
-                }
+                    // No more signals can come: only the work is left to wait for.
+                    None => return Ok((&mut result).await.unwrap_or_else(panicked)),
+                },
             }
         }
     })
