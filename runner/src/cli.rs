@@ -21,7 +21,8 @@ use crate::outcome::EXIT_CODES;
 /// runner:job/lifecycle interface); the job saves a checkpoint and returns, and the next
 /// run resumes from it. A job that has not returned when the grace period ends is
 /// stopped by force, whether it is computing or blocked, and the runner exits with a
-/// code that says what happened. A second signal forces the stop at once.
+/// code that says what happened. A second signal forces the stop at once, and so does
+/// SIGQUIT.
 #[derive(Debug, Parser)]
 #[command(
     name = "runner",

@@ -13,6 +13,7 @@ Exit codes:
   124      stopped by force after --timeout ran out
   129      stopped by force after SIGHUP (the grace ran out, or a second signal came)
   130      stopped by force after SIGINT (the grace ran out, or a second signal came)
+  131      stopped at once, with no grace, after SIGQUIT
   143      stopped by force after SIGTERM (the grace ran out, or a second signal came)
   134      the job trapped (panic, unreachable, out of memory, stack overflow)
   n        the job exited through wasi:cli/exit with code n
@@ -27,6 +28,9 @@ pub enum StopReason {
     Interrupt,
     /// SIGHUP.
     Hangup,
+    /// SIGQUIT: a request to stop at once (and, for a process that keeps its default
+    /// action, to dump core), with no grace.
+    Quit,
     /// The runner's `--timeout` ran out.
     Timeout,
     /// Another runner took the job over: this one may not save any more, so the job is
@@ -41,6 +45,7 @@ impl StopReason {
             StopReason::Terminate => "SIGTERM",
             StopReason::Interrupt => "SIGINT",
             StopReason::Hangup => "SIGHUP",
+            StopReason::Quit => "SIGQUIT",
             StopReason::Timeout => "--timeout",
             StopReason::Fenced => "another runner took the job over",
         }
@@ -52,6 +57,7 @@ impl StopReason {
             StopReason::Terminate => "SIGTERM",
             StopReason::Interrupt => "SIGINT",
             StopReason::Hangup => "SIGHUP",
+            StopReason::Quit => "SIGQUIT",
             StopReason::Timeout => "timeout",
             StopReason::Fenced => "fenced",
         }
@@ -92,6 +98,7 @@ impl Outcome {
             Outcome::Forced(StopReason::Timeout) => 124,
             // 128 + signal number, as a shell reports a process killed by that signal.
             Outcome::Forced(StopReason::Hangup) => 128 + 1,
+            Outcome::Forced(StopReason::Quit) => 128 + 3,
             Outcome::Forced(StopReason::Interrupt) => 128 + 2,
             Outcome::Forced(StopReason::Terminate) => 128 + 15,
             Outcome::Trapped(_) => 134,
@@ -154,6 +161,7 @@ mod tests {
             (Outcome::Suspended, 75),
             (Outcome::Forced(StopReason::Timeout), 124),
             (Outcome::Forced(StopReason::Hangup), 129),
+            (Outcome::Forced(StopReason::Quit), 131),
             (Outcome::Forced(StopReason::Interrupt), 130),
             (Outcome::Forced(StopReason::Terminate), 143),
             (Outcome::Trapped("x".into()), 134),

@@ -219,25 +219,42 @@ impl Shutdown {
     /// Stops the job at once because another runner owns it now (a save was fenced):
     /// there is nothing left for it to save.
     pub fn revoke(&self) {
+        self.stop_now(
+            StopReason::Fenced,
+            "another runner has taken this job over: stopping the job now",
+        );
+    }
+
+    /// Stops the job at once, with no grace, for SIGQUIT.
+    pub fn quit(&self) {
+        self.stop_now(
+            StopReason::Quit,
+            "received SIGQUIT: stopping the job now, with no grace",
+        );
+    }
+
+    /// Forces the stop for `reason` now, whatever came before, unless it already is;
+    /// says `why` first.
+    fn stop_now(&self, reason: StopReason, why: &str) {
         let mut forced = false;
         self.state.send_if_modified(|state| {
             if state.is_some_and(|request| request.forced.is_some()) {
                 return false;
             }
-            tracing::warn!("another runner has taken this job over: stopping the job now");
+            tracing::warn!("{why}");
             let request = state.get_or_insert(Request {
-                reason: StopReason::Fenced,
+                reason,
                 deadline: Instant::now(),
                 signalled: false,
                 forced: None,
                 early: false,
             });
-            request.forced = Some(StopReason::Fenced);
+            request.forced = Some(reason);
             forced = true;
             true
         });
         if forced {
-            self.after_forcing(StopReason::Fenced);
+            self.after_forcing(reason);
         }
     }
 

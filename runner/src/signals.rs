@@ -1,4 +1,5 @@
 //! SIGTERM, SIGINT and SIGHUP: the first asks the job to stop, the next forces it.
+//! SIGQUIT stops it at once.
 
 use std::io;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -7,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
 use signal_hook_tokio::Signals;
 
 use crate::outcome::StopReason;
 use crate::shutdown::Shutdown;
 
-/// SIGTERM, SIGINT and SIGHUP held pending (blocked) on the main thread, from the first
+/// SIGTERM, SIGINT, SIGHUP and SIGQUIT held pending (blocked) on the main thread, from the first
 /// line of `main` until their handlers exist: a signal in between is delivered then
 /// instead of killing the runner (or, as PID 1, being dropped). Threads started
 /// meanwhile (the runtime's workers) keep them blocked, so the main thread takes them.
@@ -23,7 +24,12 @@ pub struct Held(SigSet);
 /// Blocks the stop signals on this thread; see [`Held`].
 pub fn hold() -> io::Result<Held> {
     let mut set = SigSet::empty();
-    for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         set.add(signal);
     }
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(io::Error::from)?;
@@ -56,7 +62,7 @@ pub fn install() -> io::Result<Signals> {
     for signal in [SIGTERM, SIGINT, SIGHUP] {
         note_arrivals(signal, zero)?;
     }
-    Signals::new([SIGTERM, SIGINT, SIGHUP])
+    Signals::new([SIGTERM, SIGINT, SIGHUP, SIGQUIT])
 }
 
 #[expect(unsafe_code, reason = "signal_hook's low-level registration is unsafe")]
@@ -87,6 +93,7 @@ fn reason(signal: i32) -> Option<StopReason> {
         SIGTERM => Some(StopReason::Terminate),
         SIGINT => Some(StopReason::Interrupt),
         SIGHUP => Some(StopReason::Hangup),
+        SIGQUIT => Some(StopReason::Quit),
         _ => None,
     }
 }
@@ -109,11 +116,15 @@ pub fn catch_up(shutdown: &Arc<Shutdown>) -> bool {
 /// Turns each signal into a shutdown request, for as long as the run lasts.
 pub async fn forward(mut signals: Signals, shutdown: Arc<Shutdown>) {
     while let Some(signal) = signals.next().await {
-        let Some(reason) = reason(signal) else {
-            continue;
-        };
-        // Only a first request uses the time: the first signal's arrival is its own.
-        shutdown.request_since(reason, first_arrival().unwrap_or_else(Instant::now));
+        match reason(signal) {
+            // A core-dump request: no grace, the summary still written.
+            Some(StopReason::Quit) => shutdown.quit(),
+            // Only a first request uses the time: the first signal's arrival is its own.
+            Some(reason) => {
+                shutdown.request_since(reason, first_arrival().unwrap_or_else(Instant::now));
+            }
+            None => {}
+        }
     }
 }
 

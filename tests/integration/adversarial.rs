@@ -452,3 +452,33 @@ fn starting_over_removes_links_the_job_left_in_its_output() {
     assert!(fs::symlink_metadata(&link).is_err(), "the link survived");
     assert!(sandbox.check_sequence_output(10).is_exact(10));
 }
+
+/// SIGQUIT, a request to stop at once, stops the job with no grace and still leaves the
+/// run's summary (it used to kill the runner with none).
+#[test]
+fn sigquit_stops_the_job_at_once_with_a_summary() {
+    let sandbox = Sandbox::new();
+    let summary_path = sandbox.path().join("summary.json");
+    let running = Running::start(
+        sandbox
+            .runner()
+            .env("RUNNER_TERMINATION_LOG", &summary_path)
+            .args(["--grace", "10m", TESTJOB, "spin"]),
+        Stdio::null(),
+    );
+    running.wait_for_line("ready");
+    let signalled = Instant::now();
+    running.signal(libc::SIGQUIT);
+    let finished = running.wait();
+    let took = signalled.elapsed();
+    finished
+        .assert_code(131)
+        .assert_stderr("received SIGQUIT: stopping the job now, with no grace");
+    assert!(took < AFTER_DEADLINE, "{took:?}");
+    let summary = fs::read_to_string(&summary_path).expect("a summary");
+    assert!(
+        summary.contains(r#""outcome":"stopped-by-force","exit_code":131"#)
+            && summary.contains("SIGQUIT"),
+        "{summary}"
+    );
+}

@@ -122,6 +122,9 @@ impl Host for LifecycleView<'_> {
                 StopReason::Terminate => WitStopReason::Terminate,
                 StopReason::Interrupt => WitStopReason::Interrupt,
                 StopReason::Hangup => WitStopReason::Hangup,
+                // Forced at once: the job does not run to ask, but the contract has one
+                // reason per signal the job could act on.
+                StopReason::Quit => WitStopReason::Terminate,
                 StopReason::Timeout => WitStopReason::Timeout,
                 StopReason::Fenced => WitStopReason::Fenced,
             }))
