@@ -166,23 +166,13 @@ pub fn compile_to_file(job: &Path, output: &Path, gate: &WriteGate) -> Option<Re
 fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(Component, Digest)> {
     let shown = path.display();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read job `{shown}`"))?;
-    if artifact::is_compiled(&bytes) {
+    if check_header(path, &bytes)? {
         return artifact::decode(engine, &bytes).map_err(|error| {
             anyhow!(
                 "job `{shown}` is a compiled job this runner cannot load: {error:#}; compile \
                  it again from its .wasm with this runner (`runner compile`)"
             )
         });
-    }
-    match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => bail!(
-            "job `{shown}` is a core WebAssembly module, not a component: build it for \
-             wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
-        ),
-        Some([0, b'a', b's', b'm', _, _, 1, 0]) => {}
-        _ => {
-            bail!("job `{shown}` is not a WebAssembly component (it does not start with `\\0asm`)")
-        }
     }
     let digest: Digest = Sha256::digest(&bytes).into();
     if let Some(component) = cache.and_then(|cache| cache.get(engine, &digest)) {
@@ -194,6 +184,37 @@ fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(C
         cache.put(engine, &digest, &component);
     }
     Ok((component, digest))
+}
+
+/// Refuses a job file that cannot be a job (missing, unreadable, not a component nor a
+/// compiled job) from its first bytes: cheap, so that a run checks it before it touches
+/// the job's state.
+pub fn check_job_file(path: &Path) -> Result<()> {
+    use std::io::Read as _;
+    let mut head = Vec::with_capacity(16);
+    std::fs::File::open(path)
+        .and_then(|file| file.take(16).read_to_end(&mut head))
+        .with_context(|| format!("cannot read job `{}`", path.display()))?;
+    check_header(path, &head).map(drop)
+}
+
+/// Checks the start of the job file at `path`: `true` for a compiled job, `false` for a
+/// component, an error naming the file for anything else.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let shown = path.display();
+    if artifact::is_compiled(bytes) {
+        return Ok(true);
+    }
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => bail!(
+            "job `{shown}` is a core WebAssembly module, not a component: build it for \
+             wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+        ),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(false),
+        _ => {
+            bail!("job `{shown}` is not a WebAssembly component (it does not start with `\\0asm`)")
+        }
+    }
 }
 
 /// Whether `component` is a WASI command (it exports `wasi:cli/run`) rather than a job

@@ -85,8 +85,11 @@ impl Run {
     }
 
     /// The job's place in its state location, ready for a run (an unusable location is
-    /// an error before anything is compiled), and its output directory.
+    /// an error before anything is compiled), and its output directory; after a look at
+    /// the job file's first bytes.
     fn open_state(&self) -> Result<(Box<dyn Place>, Option<OutputDir>)> {
+        // A job file that cannot be a job leaves no state behind.
+        engine::check_job_file(&self.config.job)?;
         let place = self.config.state.job(&self.config.job_id)?;
         place.prepare()?;
         let output = self

@@ -482,3 +482,22 @@ fn sigquit_stops_the_job_at_once_with_a_summary() {
         "{summary}"
     );
 }
+
+/// A job file that is missing, or is not a component, is refused before the job's state
+/// directory is made.
+#[test]
+fn a_job_file_that_cannot_be_a_job_leaves_no_state() {
+    let sandbox = Sandbox::new();
+    let text = sandbox.path().join("notes.wasm");
+    fs::write(&text, "not WebAssembly").expect("write");
+    for (job, problem) in [
+        (sandbox.path().join("missing.wasm"), "cannot read job"),
+        (text, "is not a WebAssembly component"),
+    ] {
+        run(sandbox.runner().arg(&job))
+            .assert_code(2)
+            .assert_stderr(problem);
+    }
+    assert!(!sandbox.job_dir("missing").exists());
+    assert!(!sandbox.job_dir("notes").exists());
+}
