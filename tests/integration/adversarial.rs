@@ -501,3 +501,28 @@ fn a_job_file_that_cannot_be_a_job_leaves_no_state() {
     assert!(!sandbox.job_dir("missing").exists());
     assert!(!sandbox.job_dir("notes").exists());
 }
+
+/// `s3://` state without credentials says so, rather than only reporting a failed request
+/// to the instance metadata service (pointed here at a closed local port: the test sends
+/// nothing off this machine).
+#[test]
+fn a_bucket_without_credentials_says_so() {
+    let closed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let endpoint = format!("http://{}", closed.local_addr().expect("address"));
+    drop(closed);
+    let sandbox = Sandbox::new();
+    let mut command = bare_runner();
+    command
+        .args(["--state-dir", "s3://bucket/jobs", COMMAND])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+        .env_remove("AWS_CONTAINER_CREDENTIALS_FULL_URI")
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_METADATA_ENDPOINT", &endpoint)
+        .env("AWS_REGION", "us-east-1")
+        .env("RUNNER_CACHE_DIR", sandbox.cache_dir());
+    run(&mut command)
+        .assert_code(2)
+        .assert_stderr("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY");
+}

@@ -76,6 +76,8 @@ struct BucketJob {
     /// The job's folder.
     base: ObjectPath,
     job_id: JobId,
+    /// What to say with a failed request: why it may have failed (no credentials).
+    hint: Option<&'static str>,
 }
 
 impl BucketJob {
@@ -94,6 +96,19 @@ impl BucketJob {
             location,
             base,
             job_id,
+            hint: None,
+        }
+    }
+
+    /// A failed request, with the hint of why it may have failed, if there is one.
+    fn explain(&self, error: StoreError) -> StoreError {
+        match (self.hint, error) {
+            (Some(hint), error @ StoreError::Remote { .. }) => StoreError::Remote {
+                action: "use",
+                object: self.url(),
+                cause: format!("{hint}: {error}").into(),
+            },
+            (_, error) => error,
         }
     }
 
@@ -214,6 +229,7 @@ impl Place for BucketJob {
                 .clone()
                 .acquire_job(request)
                 .await
+                .map_err(|error| self.explain(error))
                 .with_context(|| format!("cannot load the state of job `{}`", self.job_id))?;
             Ok(acquired)
         })
@@ -221,7 +237,11 @@ impl Place for BucketJob {
 
     fn inspect(&self) -> BoxFuture<'_, anyhow::Result<Inspection>> {
         Box::pin(async {
-            match self.inspect_job().await? {
+            match self
+                .inspect_job()
+                .await
+                .map_err(|error| self.explain(error))?
+            {
                 Some(inspection) => Ok(inspection),
                 None => anyhow::bail!("job `{}` has no state in `{}`", self.job_id, self.location),
             }
@@ -230,7 +250,11 @@ impl Place for BucketJob {
 
     fn reset(&self) -> BoxFuture<'_, anyhow::Result<Result<Removed, String>>> {
         Box::pin(async {
-            let lines = match self.reset_job().await? {
+            let lines = match self
+                .reset_job()
+                .await
+                .map_err(|error| self.explain(error))?
+            {
                 Ok(lines) => lines,
                 Err(owned) => return Ok(Err(owned)),
             };

@@ -82,19 +82,41 @@ impl Backend for S3Url {
             Some(prefix) => prefix.clone().join(job_id.as_str()),
             None => ObjectPath::from(job_id.as_str()),
         };
-        Ok(Box::new(BucketJob::new(
+        let mut job = BucketJob::new(
             Arc::new(client),
             format!("s3://{}", self.bucket),
             self.to_string(),
             base,
             job_id.clone(),
-        )))
+        );
+        if !has_credentials() {
+            job.hint = Some(
+                "no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a web \
+                 identity, AWS_WEB_IDENTITY_TOKEN_FILE) in the runner's environment; without \
+                 them the client asked the instance metadata service",
+            );
+        }
+        Ok(Box::new(job))
     }
 
     /// A bucket is reached from every node.
     fn local_dir(&self) -> Option<&std::path::Path> {
         None
     }
+}
+
+/// Whether the environment names credentials, or where to get them, other than the
+/// instance metadata service (the client's last resort, which is only there on a cloud
+/// instance).
+fn has_credentials() -> bool {
+    [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|value| !value.is_empty()))
 }
 
 impl S3Url {
