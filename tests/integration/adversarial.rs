@@ -373,28 +373,18 @@ fn bad_arguments_are_refused_with_a_line_that_names_them() {
     fs::create_dir_all(&a).expect("a");
     fs::create_dir_all(&b).expect("b");
     let mapped = |host: &std::path::Path, guest: &str| format!("{}::{guest}", host.display());
-    run(sandbox
-        .runner()
-        .args([
-            "--dir",
-            &mapped(&a, "/data"),
-            "--dir",
-            &mapped(&b, "/data/"),
-        ])
-        .arg(COMMAND))
-    .assert_code(2)
-    .assert_stderr("both give the job `/data/`");
-    run(sandbox
-        .runner()
-        .args([
-            "--dir",
-            &mapped(&a, "/data"),
-            "--output",
-            &mapped(&b, "/data"),
-        ])
-        .arg(COMMAND))
-    .assert_code(2)
-    .assert_stderr("--output");
+    // A second --dir (its guest path spelt with a slash more), or --output, at `/data`.
+    for (flag, guest, said) in [
+        ("--dir", "/data/", "both give the job `/data/`"),
+        ("--output", "/data", "and --output"),
+    ] {
+        run(sandbox
+            .runner()
+            .args(["--dir", &mapped(&a, "/data"), flag, &mapped(&b, guest)])
+            .arg(COMMAND))
+        .assert_code(2)
+        .assert_stderr(said);
+    }
     // The state directory, or a directory around it, or the compiled-job cache.
     for granted in [
         sandbox.state_dir(),
