@@ -69,8 +69,16 @@ impl Run {
         let store = Arc::clone(&owned.store);
         let outcome = async {
             let job = tokio::select! {
-                compiled = compile => compiled.context("compiling the job panicked")??,
+                compiled = compile => compiled.context("compiling the job panicked")?,
                 reason = self.shutdown.forced() => return Ok(Outcome::Forced(reason)),
+            };
+            let job = match job {
+                Ok(job) => job,
+                Err(error) => {
+                    let store = Arc::clone(&store);
+                    tokio::task::spawn_blocking(move || store.discard_if_first()).await?;
+                    return Err(error);
+                }
             };
             let mut instance = self.build_instance(&engine, &job, owned, wasi, clock_zero)?;
             // A stop forced before the store existed did not reach its epoch deadline.

@@ -473,23 +473,48 @@ fn sigquit_stops_the_job_at_once_with_a_summary() {
     );
 }
 
-/// A job file that is missing, or is not a component, is refused before the job's state
-/// directory is made.
+/// A job file that cannot run leaves no state behind: one that is missing or is not a
+/// component is refused before the job's state directory is made; one that fails to
+/// compile or link (found while the run takes the job) has the directory removed again,
+/// unless the job had state before.
 #[test]
-fn a_job_file_that_cannot_be_a_job_leaves_no_state() {
+fn a_job_file_that_cannot_run_leaves_no_state() {
     let sandbox = Sandbox::new();
-    let text = sandbox.path().join("notes.wasm");
-    fs::write(&text, "not WebAssembly").expect("write");
+    let file = |name: &str, bytes: &[u8]| {
+        let path = sandbox.path().join(name);
+        fs::write(&path, bytes).expect("write");
+        path
+    };
+    let sequence = fs::read(SEQUENCE).expect("read sequence");
     for (job, problem) in [
         (sandbox.path().join("missing.wasm"), "cannot read job"),
-        (text, "is not a WebAssembly component"),
+        (
+            file("notes.wasm", b"not WebAssembly"),
+            "is not a WebAssembly component",
+        ),
+        (
+            file("truncated.wasm", &sequence[..sequence.len() / 2]),
+            "is not a valid component",
+        ),
+        // A valid component that exports nothing.
+        (file("empty.wasm", b"\0asm\x0d\0\x01\0"), "exports neither"),
     ] {
         run(sandbox.runner().arg(&job))
             .assert_code(2)
             .assert_stderr(problem);
+        let stem = job.file_stem().expect("stem").to_string_lossy();
+        assert!(!sandbox.job_dir(&stem).exists(), "{stem} left state");
     }
-    assert!(!sandbox.job_dir("missing").exists());
-    assert!(!sandbox.job_dir("notes").exists());
+
+    // A job with checkpoints keeps them when a file that does not load runs as it.
+    run(&mut sandbox.sequence(10)).assert_code(0);
+    let before = sandbox.checkpoint("sequence").expect("a checkpoint");
+    run(sandbox
+        .runner()
+        .args(["--job-id", "sequence"])
+        .arg(sandbox.path().join("truncated.wasm")))
+    .assert_code(2);
+    assert_eq!(sandbox.checkpoint("sequence"), Some(before));
 }
 
 /// `s3://` state without credentials says so, rather than only reporting a failed request

@@ -285,6 +285,13 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// succeeds after it. Returns whether this run found that another had taken the job
     /// over. Dropping the store lets go of whatever the release did not.
     fn release(&self, hurry: bool) -> BoxFuture<'_, bool>;
+
+    /// The job could not start (its file does not load): if no run owned the job
+    /// before this one, removes what taking it made (a local directory with its lock and
+    /// fencing number), so that a job file that cannot run leaves no state behind. Blocks
+    /// on I/O; call it before [`Store::release`]. An object store keeps its head, which
+    /// holds the fencing number.
+    fn discard_if_first(&self) {}
 }
 
 /// A job's state as `runner state show` describes it.

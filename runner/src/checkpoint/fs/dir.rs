@@ -264,6 +264,30 @@ impl JobDir {
 }
 
 impl JobDir {
+    /// Removes the job's directory and everything in it, under `_held`, the job's lock:
+    /// the lock file goes last, so that a runner that opened it before sees that it is
+    /// no longer the job's lock file and tries again (and then makes the directory
+    /// anew, which is its own then).
+    pub(super) fn remove_all(&self, _held: &Lock) -> Result<(), StoreError> {
+        let entries = fs::read_dir(&self.dir).map_err(StoreError::io("list", &self.dir))?;
+        for entry in entries {
+            let path = entry.map_err(StoreError::io("list", &self.dir))?.path();
+            if path.file_name().is_some_and(|name| name != LOCK) {
+                remove_if_present(&path)?;
+            }
+        }
+        remove_if_present(&self.file(LOCK))?;
+        match fs::remove_dir(&self.dir) {
+            // A runner waiting for the job made a new lock file: the directory is its now.
+            Err(error) if error.kind() == ErrorKind::DirectoryNotEmpty => {}
+            removed => removed.map_err(StoreError::io("remove", &self.dir))?,
+        }
+        match self.dir.parent() {
+            Some(state_dir) => sync_dir(state_dir),
+            None => Ok(()),
+        }
+    }
+
     /// Refuses a job directory that is a symbolic link (or not a directory): the state
     /// directory is the runner's alone, and a link in it would send its writes elsewhere.
     pub(super) fn check_real_dir(&self) -> Result<(), StoreError> {

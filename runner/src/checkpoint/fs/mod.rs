@@ -44,7 +44,6 @@ use anyhow::{Context, Result, bail};
 use dir::{CHECKPOINT, FENCE, JobDir, LOCK, Lock, PREVIOUS};
 use store::Claim;
 
-use super::durable::sync_dir;
 use super::output::{self, OutputDir};
 use super::{Acquire, Acquired, Backend, BoxFuture, Inspection, JobId, Place, Removed, Slot};
 use crate::human::{format_duration, whole_ms};
@@ -260,28 +259,8 @@ impl LocalJob {
             Ok(None) => {}
             Err(error) => lines.push(format!("{FENCE}: {error}")),
         }
-        let entries = fs::read_dir(dir.path())
-            .with_context(|| format!("cannot list `{}`", dir.path().display()))?;
-        for entry in entries {
-            let path = entry
-                .with_context(|| format!("cannot list `{}`", dir.path().display()))?
-                .path();
-            // The lock goes last, while still held: a runner that opened it before sees
-            // that it is no longer the job's lock file and tries again.
-            if path.file_name().is_some_and(|name| name != LOCK) {
-                remove(&path)?;
-            }
-        }
-        remove(&dir.file(LOCK))?;
+        dir.remove_all(&lock)?;
         drop(lock);
-        match fs::remove_dir(dir.path()) {
-            // A runner waiting for the job made a new lock file: the directory is its now.
-            Err(error) if error.kind() == ErrorKind::DirectoryNotEmpty => {}
-            removed => {
-                removed.with_context(|| format!("cannot remove `{}`", dir.path().display()))?
-            }
-        }
-        sync_dir(&self.state_dir)?;
         Ok(Ok(Removed {
             shown: dir.path().display().to_string(),
             lines,
@@ -304,14 +283,5 @@ impl LocalJob {
             ),
             Err(error) => Err(error).with_context(|| format!("cannot read `{}`", path.display())),
         }
-    }
-}
-
-fn remove(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(error) if error.kind() != ErrorKind::NotFound => {
-            Err(error).with_context(|| format!("cannot remove `{}`", path.display()))
-        }
-        _ => Ok(()),
     }
 }

@@ -23,7 +23,9 @@ pub struct LocalStore {
     newest: Mutex<Newest>,
     /// Shared with the thread writing the fencing number, if any: the job stays locked
     /// until that write is over, even when the store goes first.
-    _lock: Arc<Lock>,
+    lock: Arc<Lock>,
+    /// Whether no run owned the job before this one.
+    first: bool,
 }
 
 /// Where the write of a run's fencing number stands.
@@ -138,7 +140,8 @@ impl Claim {
             fence,
             fence_write: Mutex::default(),
             newest: Mutex::new(self.newest),
-            _lock: Arc::new(self.lock),
+            lock: Arc::new(self.lock),
+            first: self.newest_fence == 0,
         };
         Ok((store, self.loaded))
     }
@@ -180,7 +183,8 @@ impl Claim {
             fence,
             fence_write: Mutex::new(state),
             newest: Mutex::new(self.newest),
-            _lock: lock,
+            lock,
+            first: self.newest_fence == 0,
         };
         (store, self.loaded)
     }
@@ -233,6 +237,22 @@ impl Store for LocalStore {
     /// Nothing to do: the lock goes with the store.
     fn release(&self, _hurry: bool) -> BoxFuture<'_, bool> {
         Box::pin(async { false })
+    }
+
+    /// Removes the job's directory if no run took a fencing number before this one and
+    /// no checkpoint is there; once this run's number is written, under its lock.
+    fn discard_if_first(&self) {
+        if !self.first {
+            return;
+        }
+        let _ = self.fence_durable();
+        let exists = |name| fs::symlink_metadata(self.dir.file(name)).is_ok();
+        if exists(CHECKPOINT) || exists(PREVIOUS) {
+            return;
+        }
+        if let Err(error) = self.dir.remove_all(&self.lock) {
+            tracing::warn!("cannot remove the state of the job that did not start: {error}");
+        }
     }
 
     fn commit(&self, record: &Record) -> Result<(), StoreError> {
