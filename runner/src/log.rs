@@ -123,6 +123,13 @@ pub fn show_progress(done: u64, total: Option<u64>) -> bool {
 /// progress report when the job did not complete), and writes out what the job's output
 /// held back for it.
 pub fn finish_progress() {
+    if let Some(spinner) = SPINNER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        spinner.finish_and_clear();
+    }
     if let Some(bar) = BAR.get() {
         bar.finish_and_clear();
         JobOutput::Stdout.release();
@@ -130,11 +137,56 @@ pub fn finish_progress() {
     }
 }
 
-/// Runs `write` with the bar, if one is drawn, cleared meanwhile and drawn again after.
+/// Runs `write` with the bar or the spinner, if one is drawn, cleared meanwhile and drawn
+/// again after.
 fn around_bar<T>(write: impl FnOnce() -> T) -> T {
-    match BAR.get() {
-        Some(bar) if !bar.is_finished() => bar.suspend(write),
+    let spinner = SPINNER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    match (BAR.get(), spinner) {
+        (Some(bar), _) if !bar.is_finished() => bar.suspend(write),
+        (_, Some(spinner)) if !spinner.is_finished() => spinner.suspend(write),
         _ => write(),
+    }
+}
+
+/// The spinner of a slow step before the job starts, while one is drawn.
+static SPINNER: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// A slow step before the job starts (a first compile): on a terminal that shows text
+/// logs, a spinner with `message` and the time so far until it is finished or dropped;
+/// elsewhere, `message` as a line.
+#[derive(Debug)]
+pub struct Activity(Option<ProgressBar>);
+
+impl Activity {
+    /// Starts showing `message`.
+    pub fn start(message: String) -> Activity {
+        if !bar_allowed() {
+            say!("{message}");
+            return Activity(None);
+        }
+        let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template("runner: {spinner} {msg} ({elapsed})") {
+            spinner.set_style(style);
+        }
+        spinner.set_message(message);
+        spinner.enable_steady_tick(Duration::from_millis(100));
+        *SPINNER.lock().unwrap_or_else(PoisonError::into_inner) = Some(spinner.clone());
+        Activity(Some(spinner))
+    }
+}
+
+impl Drop for Activity {
+    fn drop(&mut self) {
+        if let Some(spinner) = self.0.take() {
+            spinner.finish_and_clear();
+            SPINNER
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+        }
     }
 }
 

@@ -9,7 +9,8 @@ Exit codes:
   2        usage error, invalid job, unusable state, or runner failure before the job ran
   69       another runner owns the job: its lock was not free within --lock-timeout, or a
            newer runner took the job over while this one ran (the job was stopped at once)
-  75       suspended: the job stopped on request after saving its state; run again to resume
+  75       suspended: the job stopped on request after saving its state, or the stop came
+           before the job started; run again to resume
   124      stopped by force after --timeout ran out
   129      stopped by force after SIGHUP (the grace ran out, or a second signal came)
   130      stopped by force after SIGINT (the grace ran out, or a second signal came)
@@ -71,6 +72,9 @@ pub enum Outcome {
     Completed,
     /// `run` returned `suspended`.
     Suspended,
+    /// The stop came before the job started (while it compiled, or waited for its
+    /// lock): nothing ran.
+    NotStarted,
     /// `run` returned an error.
     JobFailed(String),
     /// The job was stopped by force; the reason is what forced it.
@@ -94,7 +98,7 @@ impl Outcome {
             Outcome::JobFailed(_) => 1,
             Outcome::Failed(_) => 2,
             Outcome::Locked(_) | Outcome::Forced(StopReason::Fenced) => 69,
-            Outcome::Suspended => 75,
+            Outcome::Suspended | Outcome::NotStarted => 75,
             Outcome::Forced(StopReason::Timeout) => 124,
             // 128 + signal number, as a shell reports a process killed by that signal.
             Outcome::Forced(StopReason::Hangup) => 128 + 1,
@@ -112,6 +116,7 @@ impl Outcome {
         match self {
             Outcome::Completed => "completed",
             Outcome::Suspended => "suspended",
+            Outcome::NotStarted => "not-started",
             Outcome::JobFailed(_) => "job-error",
             Outcome::Forced(_) => "stopped-by-force",
             Outcome::Trapped(_) => "trapped",
@@ -128,6 +133,11 @@ impl Outcome {
             Outcome::Suspended => {
                 Some("job suspended: its state is saved; run it again to resume (exit 75)".into())
             }
+            Outcome::NotStarted => Some(
+                "job not started: the stop came before it ran, and its state is as it was; \
+                 run it again to start it (exit 75)"
+                    .into(),
+            ),
             Outcome::JobFailed(message) => Some(format!("job failed: {message}")),
             Outcome::Forced(StopReason::Fenced) => Some(format!(
                 "job stopped: another runner has taken it over, and its checkpoints stand \
@@ -159,6 +169,7 @@ mod tests {
             (Outcome::Locked("x".into()), 69),
             (Outcome::Forced(StopReason::Fenced), 69),
             (Outcome::Suspended, 75),
+            (Outcome::NotStarted, 75),
             (Outcome::Forced(StopReason::Timeout), 124),
             (Outcome::Forced(StopReason::Hangup), 129),
             (Outcome::Forced(StopReason::Quit), 131),

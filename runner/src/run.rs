@@ -3,7 +3,7 @@
 //! job.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::task::JoinHandle;
@@ -16,10 +16,14 @@ use crate::checkpoint::{Acquire, Acquired, Place, Record, Store};
 use crate::cli::RunConfig;
 use crate::engine::{self, Entry, LoadedJob};
 use crate::host::{self, JobState, Saves};
-use crate::human::hex;
+use crate::human::{format_duration, hex, whole_ms};
+use crate::log::Activity;
 use crate::outcome::{Outcome, StopReason};
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
+
+/// How long a compile goes on before the run says that it is compiling.
+const SLOW_COMPILE: Duration = Duration::from_secs(1);
 
 /// Runs the job `config` describes, stopped through `shutdown`, keeping what the summary
 /// needs in `status`.
@@ -68,9 +72,15 @@ impl Run {
         };
         let store = Arc::clone(&owned.store);
         let outcome = async {
+            // The compile goes on in its thread, and ends with the process.
             let job = tokio::select! {
-                compiled = compile => compiled.context("compiling the job panicked")?,
+                biased;
                 reason = self.shutdown.forced() => return Ok(Outcome::Forced(reason)),
+                () = self.shutdown.requested() => {
+                    say!("not starting the job: the stop came while it compiled");
+                    return Ok(Outcome::NotStarted);
+                }
+                compiled = compile => compiled.context("compiling the job panicked")?,
             };
             let job = match job {
                 Ok(job) => job,
@@ -110,11 +120,36 @@ impl Run {
     }
 
     /// Compiles the job (a large component takes seconds) off the runtime, while the run
-    /// takes the job over.
+    /// takes the job over; a compile that takes longer than [`SLOW_COMPILE`] says so.
     fn start_compile(&self, engine: &Engine) -> JoinHandle<Result<LoadedJob>> {
         let (engine, path) = (engine.clone(), self.config.job.clone());
         let cache = self.config.cache_dir.clone().map(Cache::new);
-        tokio::task::spawn_blocking(move || engine::load_job(&engine, &path, cache.as_ref()))
+        let why = match &cache {
+            Some(_) => "the first run of this job; later runs load it from the cache",
+            None => "with --no-cache, every run compiles it",
+        };
+        let message = format!("compiling `{}` ({why})", path.display());
+        let mut compiling =
+            tokio::task::spawn_blocking(move || engine::load_job(&engine, &path, cache.as_ref()));
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let compiled = match tokio::time::timeout(SLOW_COMPILE, &mut compiling).await {
+                Ok(compiled) => compiled,
+                Err(_) => {
+                    let activity = Activity::start(message);
+                    let compiled = compiling.await;
+                    drop(activity);
+                    if let Ok(Ok(_)) = compiled {
+                        say!(
+                            "compiled in {}",
+                            format_duration(whole_ms(started.elapsed()))
+                        );
+                    }
+                    compiled
+                }
+            };
+            compiled.context("compiling the job panicked")?
+        })
     }
 
     /// Takes the job, or says why the run does not get it (another owner kept it, or the
@@ -140,7 +175,7 @@ impl Run {
                 output,
             }),
             Acquired::Busy(message) => Err(Outcome::Locked(message)),
-            Acquired::Stopped => Err(Outcome::Suspended),
+            Acquired::Stopped => Err(Outcome::NotStarted),
         })
     }
 

@@ -285,3 +285,53 @@ fn sigterm_at_the_first_moment_it_can_be_taken_is_a_request_not_a_death() {
     finished.assert_code(75);
     finished.assert_stderr("received SIGTERM");
 }
+
+/// A stop that comes while the job compiles (the Python job's first run takes seconds)
+/// ends the run at once, with the code that says nothing ran, rather than when the
+/// compile ends; and a slow compile says that it is compiling.
+#[test]
+fn a_stop_while_the_job_compiles_ends_the_run_at_once() {
+    let sandbox = Sandbox::new();
+    let summary = sandbox.path().join("summary.json");
+    // Stderr to a file, where the test watches for the line that says it is compiling.
+    let log = sandbox.path().join("stderr.log");
+    let running = Running::start_with_stderr(
+        sandbox
+            .runner()
+            .env("RUNNER_TERMINATION_LOG", &summary)
+            .args([test_guests::PYTHON_TESTJOB, "wait"]),
+        Stdio::null(),
+        std::fs::File::create(&log)
+            .expect("create stderr.log")
+            .into(),
+    );
+    let stderr = || std::fs::read_to_string(&log).expect("read stderr.log");
+    wait_until("the line that says the job compiles", || {
+        stderr().contains("runner: compiling `").then_some(())
+    });
+    let sent = Instant::now();
+    running.signal(SIGTERM);
+    let done = running.wait();
+    let took = sent.elapsed();
+    done.assert_code(75);
+    let stderr = stderr();
+    for said in [
+        "not starting the job: the stop came while it compiled",
+        "job not started",
+    ] {
+        assert!(stderr.contains(said), "{stderr}");
+    }
+    // Had the run waited for the compile, it would have said so, and the job would
+    // have started.
+    assert!(!stderr.contains("compiled in"), "{stderr}");
+    assert!(done.stdout.is_empty(), "the job ran: {}", done.stdout);
+    assert!(
+        took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM"
+    );
+    let summary = std::fs::read_to_string(&summary).expect("a summary");
+    assert!(
+        summary.contains(r#""outcome":"not-started","exit_code":75"#),
+        "{summary}"
+    );
+}
