@@ -72,13 +72,22 @@ pub struct LoadedJob {
 
 impl Entry {
     /// Instantiates the job in `store` and calls it: its outcome if it returns, the
-    /// error (an exit, a trap) if it does not.
+    /// error (an exit, a trap) if it does not. A job's completion is recorded in its
+    /// store before this returns (a command's is not: it runs again on every run).
     pub async fn call(&self, store: &mut wasmtime::Store<JobState>) -> wasmtime::Result<Outcome> {
         Ok(match self {
             Entry::Job(pre) => {
                 let instance = pre.instantiate_async(&mut *store).await?;
                 match instance.call_run(&mut *store).await? {
-                    Ok(JobOutcome::Completed) => Outcome::Completed,
+                    Ok(JobOutcome::Completed) => {
+                        if store.data_mut().complete().await.ok().flatten().is_none() {
+                            tracing::warn!(
+                                "the job completed, but its completion is not recorded: a \
+                                 run of it resumes from its last checkpoint"
+                            );
+                        }
+                        Outcome::Completed
+                    }
                     Ok(JobOutcome::Suspended) => Outcome::Suspended,
                     Err(message) => Outcome::JobFailed(message),
                 }

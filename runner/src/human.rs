@@ -1,7 +1,7 @@
-//! How the runner writes durations and digests for people, and reads durations back.
+//! How the runner writes durations, times and digests for people, and reads durations back.
 //! A leaf: it uses nothing else in the crate, so that every module may use it.
 
-use std::time::Duration;
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Parses `500ms`, `25s`, `2m`, `1h30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -17,6 +17,16 @@ pub fn format_duration(duration: Duration) -> String {
 /// A duration cut to the millisecond, for people.
 pub fn whole_ms(duration: Duration) -> Duration {
     Duration::from_millis(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A time stored as milliseconds since the Unix epoch, in RFC 3339 (UTC); one past the
+/// year 9999, which RFC 3339 cannot write, as it is stored.
+pub fn unix_ms(ms: u64) -> String {
+    if ms < 253_402_300_800_000 {
+        humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    } else {
+        format!("{ms} ms after the Unix epoch")
+    }
 }
 
 /// Lower-case hexadecimal.
@@ -41,5 +51,10 @@ mod tests {
             Duration::from_millis(1500)
         );
         assert_eq!(hex(&[0, 0xab, 0x1f]), "00ab1f");
+        assert_eq!(unix_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
+        assert_eq!(
+            unix_ms(u64::MAX),
+            format!("{} ms after the Unix epoch", u64::MAX)
+        );
     }
 }

@@ -4,7 +4,7 @@
 /// The exit codes, as `--help` shows them.
 pub const EXIT_CODES: &str = "\
 Exit codes:
-  0        the job completed
+  0        the job completed (now, or in an earlier run: a completed job is not run again)
   1        the job returned an error
   2        usage error, invalid job, unusable state, or runner failure before the job ran
   69       another runner owns the job: its lock was not free within --lock-timeout, or a
@@ -70,6 +70,8 @@ impl StopReason {
 pub enum Outcome {
     /// `run` returned `completed`.
     Completed,
+    /// The job completed in an earlier run, and is not run again; what to say.
+    AlreadyCompleted(String),
     /// `run` returned `suspended`.
     Suspended,
     /// The stop came before the job started (while it compiled, or waited for its
@@ -94,7 +96,7 @@ impl Outcome {
     /// The process exit code for this outcome.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::Completed => 0,
+            Outcome::Completed | Outcome::AlreadyCompleted(_) => 0,
             Outcome::JobFailed(_) => 1,
             Outcome::Failed(_) => 2,
             Outcome::Locked(_) | Outcome::Forced(StopReason::Fenced) => 69,
@@ -115,6 +117,7 @@ impl Outcome {
     pub fn name(&self) -> &'static str {
         match self {
             Outcome::Completed => "completed",
+            Outcome::AlreadyCompleted(_) => "already-completed",
             Outcome::Suspended => "suspended",
             Outcome::NotStarted => "not-started",
             Outcome::JobFailed(_) => "job-error",
@@ -130,6 +133,7 @@ impl Outcome {
     pub fn message(&self) -> Option<String> {
         match self {
             Outcome::Completed | Outcome::Exited(_) => None,
+            Outcome::AlreadyCompleted(message) => Some(message.clone()),
             Outcome::Suspended => {
                 Some("job suspended: its state is saved; run it again to resume (exit 75)".into())
             }
@@ -164,6 +168,7 @@ mod tests {
     fn codes_match_the_documented_table() {
         let cases = [
             (Outcome::Completed, 0),
+            (Outcome::AlreadyCompleted("x".into()), 0),
             (Outcome::JobFailed("x".into()), 1),
             (Outcome::Failed(anyhow::anyhow!("x")), 2),
             (Outcome::Locked("x".into()), 69),

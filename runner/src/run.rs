@@ -16,7 +16,7 @@ use crate::checkpoint::{Acquire, Acquired, Place, Record, Store};
 use crate::cli::RunConfig;
 use crate::engine::{self, Entry, LoadedJob};
 use crate::host::{self, JobState, Saves};
-use crate::human::{format_duration, hex, whole_ms};
+use crate::human::{format_duration, hex, unix_ms, whole_ms};
 use crate::log::Activity;
 use crate::outcome::{Outcome, StopReason};
 use crate::shutdown::Shutdown;
@@ -71,6 +71,19 @@ impl Run {
             Err(outcome) => return Ok(outcome),
         };
         let store = Arc::clone(&owned.store);
+        if let Some(record) = owned.record.as_ref().filter(|record| record.completed) {
+            self.status.checkpointed(record.sequence);
+            let done = Outcome::AlreadyCompleted(format!(
+                "job `{}` completed at {} (checkpoint {} in `{}`, module sha256 {}): not \
+                 running it again; --start-over runs it anew",
+                self.config.job_id,
+                unix_ms(record.written_at_ms),
+                record.sequence,
+                store.shown(),
+                hex(&record.module_digest[..8])
+            ));
+            return release(&*store, Ok(done)).await;
+        }
         let outcome = async {
             // The compile goes on in its thread, and ends with the process.
             let job = tokio::select! {

@@ -1,14 +1,12 @@
 //! `runner state show|reset JOB_ID`: a job's committed state, for people. The store
 //! reads it; this module only words it.
 
-use std::fmt::Write as _;
-use std::time::{Duration, UNIX_EPOCH};
-
 use anyhow::Result;
+use std::fmt::Write as _;
 use tokio::runtime::Handle;
 
 use crate::checkpoint::{JobId, Location, OutputLen, Record, Slot, StoreError};
-use crate::human::hex;
+use crate::human::{hex, unix_ms};
 
 /// `runner state reset` refused: a runner holds the job.
 #[derive(Debug, thiserror::Error)]
@@ -22,7 +20,7 @@ pub fn show(location: &Location, job_id: &JobId, runtime: &Handle) -> Result<Str
     let mut text = format!("job `{job_id}` in `{}`\n", found.shown);
     newest(&mut text, found.newest);
     for (name, slot) in found.generations {
-        let _ = writeln!(text, "{name}: {}", slot_summary(slot));
+        let _ = writeln!(text, "generation `{name}`: {}", slot_summary(slot));
     }
     let _ = writeln!(text, "newest fencing number: {}", found.fence);
     let _ = writeln!(text, "owner: {}", found.owner);
@@ -68,14 +66,13 @@ fn newest(text: &mut String, loaded: Result<(Option<Record>, Vec<String>), Store
 fn describe(text: &mut String, what: &str, record: &Record) {
     let _ = writeln!(text, "{what}: {}", record.sequence);
     let _ = writeln!(text, "  state: {} bytes", record.payload.len());
-    // RFC 3339 stops at the year 9999; a later time is shown as it is stored.
-    let written = match record.written_at_ms {
-        ms if ms < 253_402_300_800_000 => {
-            humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-        }
-        ms => format!("{ms} ms after the Unix epoch"),
-    };
-    let _ = writeln!(text, "  written: {written}");
+    let _ = writeln!(text, "  written: {}", unix_ms(record.written_at_ms));
+    if record.completed {
+        text.push_str(
+            "  completed: yes, the job completed with it: a run does not run the job again \
+             (--start-over runs it anew)\n",
+        );
+    }
     if let Some(dir) = &record.output_dir {
         let _ = writeln!(text, "  output directory: {dir}");
     }
@@ -91,7 +88,7 @@ fn describe(text: &mut String, what: &str, record: &Record) {
 
 fn slot_summary(slot: Result<Slot, StoreError>) -> String {
     match slot {
-        Ok(Slot::Usable(record)) => format!("checkpoint {}", record.sequence),
+        Ok(Slot::Usable(record)) => format!("sequence {}", record.sequence),
         Ok(Slot::Missing) => "missing".to_owned(),
         Ok(Slot::Unusable(problem)) => format!("unusable ({problem})"),
         Err(error) => error.to_string(),

@@ -269,7 +269,9 @@ impl Report {
         }
         if let Some(message) = outcome.message() {
             match outcome {
-                Outcome::Suspended | Outcome::NotStarted => tracing::info!("{message}"),
+                Outcome::Suspended | Outcome::NotStarted | Outcome::AlreadyCompleted(_) => {
+                    tracing::info!("{message}")
+                }
                 Outcome::Forced(_) => tracing::warn!("{message}"),
                 _ => tracing::error!("{message}"),
             }

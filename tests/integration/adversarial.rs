@@ -409,9 +409,7 @@ fn bad_arguments_are_refused_with_a_line_that_names_them() {
 #[test]
 fn starting_over_with_an_unusable_fence_removes_nothing() {
     let sandbox = Sandbox::new();
-    run(sandbox.runner().args([TESTJOB, "show"])).assert_code(0);
     let job_dir = sandbox.job_dir("testjob");
-    // The job saved nothing yet: give it a checkpoint by a run that saves.
     let saving = Running::start(sandbox.runner().args([TESTJOB, "wait"]), Stdio::null());
     saving.wait_for_line("ready");
     saving.signal(SIGTERM);

@@ -187,26 +187,44 @@ fn chaos(
     while tally.interruptions() < wanted {
         let sandbox = Sandbox::new();
         rounds += 1;
+        // The round's last interrupted run that printed something: its output is the
+        // job's if it was killed after it recorded the job's completion.
+        let mut printed = None;
         loop {
             runs += 1;
             // Once enough interruptions happened, the round's last run is left alone.
-            if tally.interruptions() >= wanted {
+            let finished = if tally.interruptions() >= wanted {
                 let finished = run(&mut command(&sandbox));
                 finished.assert_code(0);
-                records += check(&sandbox, &finished, true);
-                break;
-            }
-            let before = tally.interruptions();
-            let (completed, interrupted) =
-                interrupted_run(&command(&sandbox), max_delay, fault, &mut rng, &mut tally);
-            if completed {
-                let finished = run(&mut command(&sandbox));
-                finished.assert_code(0);
-                records += check(&sandbox, &finished, true);
-                break;
-            }
-            records += check(&sandbox, &interrupted, false);
-            assert_eq!(tally.interruptions(), before + 1);
+                finished
+            } else {
+                let before = tally.interruptions();
+                let (completed, interrupted) =
+                    interrupted_run(&command(&sandbox), max_delay, fault, &mut rng, &mut tally);
+                if !completed {
+                    records += check(&sandbox, &interrupted, false);
+                    assert_eq!(tally.interruptions(), before + 1);
+                    if !interrupted.stdout.is_empty() {
+                        printed = Some(interrupted);
+                    }
+                    continue;
+                }
+                interrupted
+            };
+            let finished = match printed.take() {
+                Some(printed) if finished.stderr.contains("not running it again") => printed,
+                _ => finished,
+            };
+            records += check(&sandbox, &finished, true);
+            // A completed job is not run again.
+            let rerun = run(&mut command(&sandbox));
+            rerun.assert_code(0).assert_stderr("not running it again");
+            assert!(
+                rerun.stdout.is_empty(),
+                "the job ran again: {}",
+                rerun.stdout
+            );
+            break;
         }
     }
     eprintln!(

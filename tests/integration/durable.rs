@@ -115,6 +115,7 @@ fn a_checkpoint_written_by_another_module_is_loaded_and_the_change_noted() {
         output_dir: None,
         outputs: Vec::new(),
         payload: br#"{"state":{"note":"from the old version","runs":3},"batches":[]}"#.to_vec(),
+        completed: false,
     };
     fs::write(dir.join("checkpoint"), record.encode()).expect("write record");
     let finished = run(sandbox.runner().args([TESTJOB, "show"]));
@@ -207,11 +208,13 @@ fn state_show_and_reset() {
         .arg(&state_dir));
     show.assert_code(0);
     for expected in [
-        "checkpoint: 3",
+        // The run's last save, then the record of its completion.
+        "checkpoint: 4",
+        "completed: yes",
         "fencing number: 1",
         "output: out.txt 892 bytes",
         "module: sha256 ",
-        "checkpoint.prev: checkpoint 2",
+        "generation `checkpoint.prev`: sequence 3",
         "owner: none",
     ] {
         assert!(
@@ -241,7 +244,7 @@ fn state_show_and_reset() {
         .arg(&state_dir));
     reset.assert_code(0);
     assert!(
-        reset.stdout.contains("checkpoint: checkpoint 3") && reset.stdout.contains("fence"),
+        reset.stdout.contains("checkpoint: checkpoint 4") && reset.stdout.contains("fence"),
         "{}",
         reset.stdout
     );

@@ -170,3 +170,71 @@ pub fn wordcount_stopped_twice(
     assert_eq!(split, whole.stdout);
     split
 }
+
+/// Completed is a state: the run that completes a job records it (with the output as the
+/// job left it), a rerun does not run the job and exits 0 at once, and `--start-over`
+/// runs it anew. A plain command, which has no checkpoints, runs on every run.
+#[test]
+fn a_completed_job_is_not_run_again_until_it_starts_over() {
+    const LINES: u64 = 300;
+    let sandbox = Sandbox::new();
+    run(&mut sandbox.sequence(LINES)).assert_code(0);
+    let completed = sandbox.checkpoint("sequence").expect("a checkpoint");
+    assert!(completed.completed, "{completed:?}");
+    let out = sandbox.output_dir().join("out.txt");
+    let written = fs::read(&out).expect("out.txt");
+    // The record of the completion covers everything the job wrote.
+    assert_eq!(
+        completed
+            .outputs
+            .iter()
+            .map(|output| output.len)
+            .sum::<u64>(),
+        written.len() as u64
+    );
+
+    let summary = sandbox.path().join("summary.json");
+    let rerun = run(sandbox
+        .sequence(LINES)
+        .env("RUNNER_TERMINATION_LOG", &summary));
+    rerun
+        .assert_code(0)
+        .assert_stderr(&format!(
+            "job `sequence` completed at {}",
+            runner::human::unix_ms(completed.written_at_ms)
+        ))
+        .assert_stderr(&format!(
+            "(checkpoint {} in `{}`",
+            completed.sequence,
+            sandbox.job_dir("sequence").display()
+        ))
+        .assert_stderr("not running it again; --start-over runs it anew");
+    assert!(rerun.stdout.is_empty(), "the job ran: {}", rerun.stdout);
+    assert_eq!(fs::read(&out).expect("out.txt"), written);
+    assert_eq!(sandbox.checkpoint("sequence"), Some(completed));
+    let summary = fs::read_to_string(&summary).expect("a summary");
+    assert!(
+        summary.contains(r#""outcome":"already-completed","exit_code":0"#),
+        "{summary}"
+    );
+
+    let again = run(sandbox
+        .runner()
+        .arg("--start-over")
+        .arg("--output")
+        .arg(sandbox.output_dir())
+        .args([test_guests::SEQUENCE, &LINES.to_string()]));
+    again.assert_code(0);
+    assert!(
+        !again.stderr.contains("not running it again"),
+        "{}",
+        again.stderr
+    );
+    assert!(sandbox.check_sequence_output(LINES).is_exact(LINES));
+
+    for _ in 0..2 {
+        let hello = run(sandbox.runner().arg(test_guests::COMMAND));
+        hello.assert_code(0);
+        assert_eq!(hello.stdout, "hello from a wasi:cli/command\n");
+    }
+}

@@ -227,18 +227,30 @@ fn a_job_saves_to_the_bucket_and_resumes_from_it() {
         left.is_empty().then_some(())
     });
 
+    // Completed is a state: a rerun does not run the job.
+    assert!(server.record("resume", "primes", "latest").completed);
+    let rerun = run(server
+        .runner(&sandbox, "resume")
+        .args([PRIMES, &LIMIT.to_string()]));
+    rerun
+        .assert_code(0)
+        .assert_stderr("job `primes` completed at ")
+        .assert_stderr("not running it again; --start-over runs it anew");
+    assert!(rerun.stdout.is_empty(), "the job ran: {}", rerun.stdout);
+
     let shown = run(&mut server.state("show", "resume", "primes"));
     shown
         .assert_code(0)
         .assert_stdout(&format!("job `primes` in `s3://{BUCKET}/resume/primes`"))
-        .assert_stdout("newest fencing number: 3")
+        .assert_stdout("completed: yes")
+        .assert_stdout("newest fencing number: 4")
         .assert_stdout("owner: none (the last run released the job)");
     let reset = run(&mut server.state("reset", "resume", "primes"));
-    reset.assert_code(0).assert_stdout("fencing number 3 kept");
+    reset.assert_code(0).assert_stdout("fencing number 4 kept");
     assert!(server.records("resume", "primes").is_empty());
     // From scratch, and with a fencing number above every earlier one.
     suspended_primes(&server, &sandbox, "resume", "300ms");
-    assert_eq!(server.record("resume", "primes", "latest").fence, 4);
+    assert_eq!(server.record("resume", "primes", "latest").fence, 5);
 }
 
 #[test]

@@ -261,12 +261,16 @@ fn a_loop_that_swallows_the_stop_ends_the_run_suspended() {
 fn python_sys_exit_exits_as_cpython_does() {
     let sandbox = Sandbox::new();
     for (arg, code) in [("0", 0), ("3", 3), ("256", 0), ("257", 1), ("-1", 255)] {
-        let done = run(sandbox.runner().args([PYTHON_TESTJOB, "exit", arg]));
+        // Each run anew: an exit of 0 completes the job.
+        let done = run(sandbox
+            .runner()
+            .args(["--start-over", PYTHON_TESTJOB, "exit", arg]));
         done.assert_code(code);
     }
-    let message = run(sandbox
-        .runner()
-        .args([PYTHON_TESTJOB, "exit", "out of paper"]));
+    let message =
+        run(sandbox
+            .runner()
+            .args(["--start-over", PYTHON_TESTJOB, "exit", "out of paper"]));
     message.assert_code(1);
     message.assert_stderr("out of paper");
 }
@@ -274,14 +278,6 @@ fn python_sys_exit_exits_as_cpython_does() {
 #[test]
 fn python_state_that_would_not_load_back_the_same_is_not_saved() {
     let sandbox = Sandbox::new();
-    let good = run(sandbox.runner().args([
-        "--job-id",
-        "py",
-        PYTHON_TESTJOB,
-        "save",
-        "{'counts': {'a': [1, 2.5]}}",
-    ]));
-    good.assert_code(0);
     for (state, error) in [
         ("{1: 2}", "the state would not load back the same from JSON"),
         (
@@ -302,8 +298,16 @@ fn python_state_that_would_not_load_back_the_same_is_not_saved() {
             .args(["--job-id", "py", PYTHON_TESTJOB, "save", state]));
         bad.assert_code(1);
         bad.assert_stderr(&format!("runner_job.CheckpointError: {error}"));
+        assert_eq!(sandbox.checkpoint("py"), None, "{state} was saved");
     }
-    // The state saved first is still the committed one.
+    let good = run(sandbox.runner().args([
+        "--job-id",
+        "py",
+        PYTHON_TESTJOB,
+        "save",
+        "{'counts': {'a': [1, 2.5]}}",
+    ]));
+    good.assert_code(0);
     let record = sandbox.checkpoint("py").expect("checkpoint");
     assert_eq!(
         String::from_utf8_lossy(&record.payload),

@@ -6,7 +6,7 @@
 //!  0      8    magic "RUNRCKPT"
 //!  8      2    format version (2)
 //! 10      2    header length in bytes (96 in version 2; readers skip what they do not know)
-//! 12      4    flags (0; reserved)
+//! 12      4    flags: bit 0 set when the job completed with this record (the others 0)
 //! 16      8    sequence number: 1 for a job's first commit, +1 for each one after
 //! 24      8    fencing number of the run that wrote it
 //! 32      8    when it was written, in milliseconds since the Unix epoch
@@ -54,7 +54,13 @@ pub struct Record {
     pub outputs: Vec<OutputLen>,
     /// The job's state, opaque to the runner.
     pub payload: Vec<u8>,
+    /// Whether the job completed: the runner writes this record when the job returns
+    /// `completed`, and a later run does not run the job again.
+    pub completed: bool,
 }
+
+/// Bit 0 of the flags: the job completed.
+const COMPLETED: u32 = 1;
 
 /// A file of the output directory and its committed length.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,6 +78,7 @@ impl fmt::Debug for Record {
             .field("fence", &self.fence)
             .field("outputs", &self.outputs)
             .field("payload_len", &self.payload.len())
+            .field("completed", &self.completed)
             .finish_non_exhaustive()
     }
 }
@@ -129,7 +136,8 @@ impl Record {
         head[..8].copy_from_slice(MAGIC);
         head[8..10].copy_from_slice(&VERSION.to_le_bytes());
         head[10..12].copy_from_slice(&(HEADER_LEN as u16).to_le_bytes());
-        // 12..16: flags, 0.
+        let flags = if self.completed { COMPLETED } else { 0 };
+        head[12..16].copy_from_slice(&flags.to_le_bytes());
         head[16..24].copy_from_slice(&self.sequence.to_le_bytes());
         head[24..32].copy_from_slice(&self.fence.to_le_bytes());
         head[32..40].copy_from_slice(&self.written_at_ms.to_le_bytes());
@@ -192,6 +200,7 @@ impl Record {
             output_dir,
             outputs,
             payload: payload.to_vec(),
+            completed: u32_at(12) & COMPLETED != 0,
         })
     }
 }
@@ -284,6 +293,7 @@ mod tests {
                 },
             ],
             payload: b"state".to_vec(),
+            completed: false,
         }
     }
 
@@ -296,6 +306,7 @@ mod tests {
             output_dir: None,
             outputs: Vec::new(),
             payload: Vec::new(),
+            completed: true,
             ..record()
         };
         assert_eq!(Record::decode(&empty.encode()), Ok(empty));
@@ -375,6 +386,7 @@ mod tests {
             fence in proptest::prelude::any::<u64>(),
             lengths in proptest::collection::btree_map("[a-z]{1,8}(/[a-z]{1,8}){0,2}", proptest::prelude::any::<u64>(), 0..5),
             payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            completed in proptest::prelude::any::<bool>(),
         ) {
             let original = Record {
                 sequence,
@@ -387,6 +399,7 @@ mod tests {
                     .map(|(path, len)| OutputLen { path, len })
                     .collect(),
                 payload,
+                completed,
             };
             let bytes = original.encode();
             proptest::prop_assert_eq!(Record::decode(&bytes), Ok(original));

@@ -76,14 +76,44 @@ impl Host for Checkpoints {
         if state.len() as u64 > MAX_STATE_LEN {
             return Ok(Err(Error::TooLarge(MAX_STATE_LEN)));
         }
-        let record = Record {
-            sequence: match &self.committed {
-                None => 1,
-                Some(last) => match last.sequence.checked_add(1) {
-                    Some(next) => next,
-                    None => return Ok(Err(Error::Io("the sequence numbers are exhausted".into()))),
-                },
-            },
+        match self.next_record(state, false) {
+            Ok(record) => self.commit(record).await,
+            Err(error) => Ok(Err(error)),
+        }
+    }
+}
+
+impl Checkpoints {
+    /// Records that the job completed: the last state it saved (none if it never saved),
+    /// the output as it left it, marked completed, so that a later run does not run the
+    /// job again. Returns the record's sequence number; `None` if it was not recorded
+    /// (after saying why).
+    pub async fn complete(&mut self) -> wasmtime::Result<Option<u64>> {
+        // No load follows: the state moves into the record rather than being copied.
+        let state = self
+            .committed
+            .as_mut()
+            .map(|record| std::mem::take(&mut record.payload))
+            .unwrap_or_default();
+        let Ok(record) = self.next_record(state, true) else {
+            tracing::warn!("the sequence numbers of the job's checkpoints are exhausted");
+            return Ok(None);
+        };
+        let sequence = record.sequence;
+        Ok(self.commit(record).await?.ok().map(|()| sequence))
+    }
+
+    /// The record after the last committed one, holding `state`.
+    fn next_record(&self, state: Vec<u8>, completed: bool) -> Result<Record, Error> {
+        let sequence = match &self.committed {
+            None => 1,
+            Some(last) => last
+                .sequence
+                .checked_add(1)
+                .ok_or_else(|| Error::Io("the sequence numbers are exhausted".into()))?,
+        };
+        Ok(Record {
+            sequence,
             fence: self.fence,
             written_at_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -92,7 +122,12 @@ impl Host for Checkpoints {
             output_dir: None,
             outputs: Vec::new(),
             payload: state,
-        };
+            completed,
+        })
+    }
+
+    /// Commits `record` on the checkpoint thread and waits for it to be durable.
+    async fn commit(&mut self, record: Record) -> wasmtime::Result<Result<(), Error>> {
         // If the run is stopped by force meanwhile, this future is dropped and the commit
         // finishes or not on its own; either way the store holds a whole record.
         let (done, result) = oneshot::channel();

@@ -103,6 +103,11 @@ impl JobState {
         })
     }
 
+    /// Records that the job completed ([`Checkpoints::complete`]).
+    pub async fn complete(&mut self) -> wasmtime::Result<Option<u64>> {
+        self.checkpoints.complete().await
+    }
+
     /// The job's latest progress report, as text.
     pub fn progress(&self) -> Option<String> {
         self.progress.latest()

@@ -335,6 +335,7 @@ mod tests {
                 len: sequence * 10,
             }],
             payload: vec![sequence as u8; 1000],
+            completed: false,
         }
     }
 
