@@ -1,7 +1,7 @@
 //! What `#[guest_sdk::job]` expands to needs; not part of the API.
 
 pub use crate::bindings::*;
-use crate::checkpoint::Stopped;
+use crate::checkpoint::{CheckpointError, Stopped};
 use crate::context::Ctx;
 use crate::state::State;
 
@@ -59,6 +59,18 @@ where
              request: the run ends as suspended"
         );
         return Ok(Outcome::Suspended);
+    }
+    if matches!(result, Ok(Outcome::Completed)) {
+        // The final state and what the job wrote since its last save, which the runner's
+        // record of the completion keeps. A state that cannot be saved (too large, not
+        // JSON) leaves the last saved one; the output is flushed all the same.
+        match ctx.checkpoint() {
+            Ok(()) => {}
+            Err(CheckpointError::TooLarge(_) | CheckpointError::Encoding(_)) => {
+                crate::output::flush_all().map_err(|error| format!("cannot write {error}"))?;
+            }
+            Err(error) => return Err(error.to_string()),
+        }
     }
     result
 }

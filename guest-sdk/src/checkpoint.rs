@@ -100,11 +100,16 @@ impl std::error::Error for Stopped {}
 /// Saves raw bytes as the job's state, replacing the last one; durable when it returns
 /// `Ok`. Prefer [`Ctx`](crate::Ctx), which keeps typed state.
 ///
+/// Every open [`Output`](crate::Output) is flushed first, so that the checkpoint records
+/// what the job wrote; if one cannot be, nothing is saved (`Io`).
+///
 /// ```no_run
 /// guest_sdk::save_bytes(b"page=42")?;
 /// # Ok::<(), guest_sdk::CheckpointError>(())
 /// ```
 pub fn save_bytes(state: &[u8]) -> Result<(), CheckpointError> {
+    crate::output::flush_all()
+        .map_err(|error| CheckpointError::Io(format!("cannot write {error}")))?;
     checkpoint::save(state).map_err(|error| match error {
         checkpoint::Error::TooLarge(limit) => CheckpointError::TooLarge(limit),
         checkpoint::Error::Fenced => CheckpointError::Fenced,

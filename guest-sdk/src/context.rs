@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, IntoSource};
 use crate::checkpoint::CheckpointError;
+use crate::output::Output;
 use crate::state::{Shared, State};
 use crate::{Outcome, Result, control};
 
@@ -222,6 +223,22 @@ impl<S: State> Ctx<S> {
     /// ```
     pub fn batch<I: IntoSource>(&mut self, items: I) -> Batch<S, I::Source> {
         Batch::new(Rc::clone(&self.shared), items.into_source())
+    }
+
+    /// Opens `path`, a file in the job's output directory (`runner --output DIR`), for
+    /// appending results that are written exactly once: see [`Output`]. Its parent
+    /// directories are created; an absolute path or one with `..` is refused.
+    ///
+    /// ```no_run
+    /// # use guest_sdk::{Ctx, Outcome, Result};
+    /// # use std::io::Write;
+    /// # fn job(ctx: &mut Ctx) -> Result<Outcome> {
+    /// let mut out = ctx.output("results/primes.txt")?;
+    /// writeln!(out, "2")?;
+    /// # Ok(Outcome::Completed) }
+    /// ```
+    pub fn output(&self, path: &str) -> std::io::Result<Output> {
+        Output::open(path)
     }
 
     /// Whether a batch of this run stopped on the runner's request.

@@ -25,7 +25,10 @@
 //! ```
 //!
 //! A job that is not a loop over items uses the same pieces by hand:
-//! [`Ctx::should_stop`], [`Ctx::suspend`], [`Ctx::checkpoint_every`].
+//! [`Ctx::should_stop`], [`Ctx::suspend`], [`Ctx::checkpoint_every`]. A job that writes
+//! results writes them through [`Ctx::output`], whose files the SDK flushes before every
+//! save: each result is then in the output exactly once, however often the job is
+//! stopped or killed.
 //!
 //! Build a job as a `cdylib` for `wasm32-wasip2` (`cargo build --release --target
 //! wasm32-wasip2`) and run it with `runner target/wasm32-wasip2/release/NAME.wasm`. The
@@ -43,6 +46,7 @@ mod bindings;
 mod checkpoint;
 mod context;
 mod control;
+mod output;
 mod state;
 
 pub use anyhow::{self, Error, Result};
@@ -53,6 +57,7 @@ pub use control::{
     StopReason, deadline, exit, report_progress, shutdown_requested, sleep, stop_reason,
     wait_for_shutdown, wait_until,
 };
+pub use output::Output;
 pub use state::State;
 
 /// Marks the function the runner runs: `fn NAME(ctx: &mut Ctx<State>) -> Result<Outcome>`.

@@ -238,14 +238,17 @@ fn chaos(
     );
 }
 
-#[test]
-fn chaos_sequence() {
-    const LINES: u64 = 1500;
+/// How many lines the `sequence` jobs write under chaos.
+const LINES: u64 = 1500;
+
+/// `sequence` (`LINES` lines to `--output`) under chaos, run by `command`: every line
+/// exactly once, in order, whatever interrupted it.
+fn chaos_of_sequence(name: &str, max_delay: Duration, command: impl Fn(&Sandbox) -> Command) {
     chaos(
-        "sequence",
-        Duration::from_millis(1500),
+        name,
+        max_delay,
         &IN_A_LOCAL_COMMIT,
-        |sandbox| sandbox.sequence(LINES),
+        |sandbox| command(sandbox),
         |sandbox, _, done| {
             sandbox.assert_sequence_consistent();
             if !done {
@@ -256,6 +259,28 @@ fn chaos_sequence() {
             check.records
         },
     );
+}
+
+/// The Rust example, which writes through the SDK's buffered `ctx.output`.
+#[test]
+fn chaos_sequence() {
+    chaos_of_sequence("sequence", Duration::from_millis(1500), |sandbox| {
+        sandbox.sequence(LINES)
+    });
+}
+
+/// The Python test job's `sequence`, which writes through a buffered file opened with
+/// plain `open`.
+#[test]
+fn chaos_python_sequence() {
+    chaos_of_sequence("python-sequence", Duration::from_millis(2000), |sandbox| {
+        let mut command = sandbox.runner();
+        command
+            .args(["--job-id", "sequence", "--output"])
+            .arg(sandbox.output_dir())
+            .args([test_guests::PYTHON_TESTJOB, "sequence", &LINES.to_string()]);
+        command
+    });
 }
 
 #[test]

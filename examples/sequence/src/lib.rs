@@ -2,15 +2,14 @@
 //! its output directory (`runner --output DIR`), about 3 ms a line, and checkpoints every
 //! 100 lines; its place, the next line to write, is the checkpoint's `batches[0]`.
 //! However often it is stopped or killed and run again, `out.txt` ends up holding each
-//! number once, in order: the runner cuts the file back to the length the last
-//! checkpoint recorded before the job resumes from that checkpoint.
+//! number once, in order: it writes through `ctx.output`, a buffer the SDK flushes
+//! before every save, so each checkpoint records the lines written before it, and the
+//! runner cuts the file back to that length before the job resumes from it.
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use guest_sdk::anyhow::{Context, anyhow, bail};
+use guest_sdk::anyhow::{anyhow, bail};
 use guest_sdk::{Ctx, Outcome, Result};
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +29,6 @@ fn sequence(ctx: &mut Ctx<State>) -> Result<Outcome> {
     let target: u64 = arg
         .parse()
         .map_err(|_| anyhow!("N `{arg}` is not a whole number"))?;
-    let dir = std::env::var("RUNNER_OUTPUT_DIR")
-        .context("no output directory: run the job with `runner --output DIR`")?;
     if ctx.resumed() && ctx.state().target != target {
         bail!(
             "the checkpoint writes 1 to {}, not {target}: use another --job-id",
@@ -39,22 +36,19 @@ fn sequence(ctx: &mut Ctx<State>) -> Result<Outcome> {
         );
     }
     ctx.state().target = target;
-    let mut out = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(Path::new(&dir).join("out.txt"))
-        .context("cannot open out.txt")?;
+    // Buffered, and flushed by the SDK before every save the batch makes.
+    let mut out = ctx.output("out.txt")?;
     // Paced against the clock from the first line of this run, not line by line, so
     // that the overhead of each line does not add up: 3000 lines take about 10 seconds.
     let mut pace: Option<(Instant, u64)> = None;
     for line in ctx.batch(1..=target).save_every_items(LINES_PER_CHECKPOINT) {
         let line = line?;
-        // One write per line, unbuffered: what a checkpoint records is on the file.
-        out.write_all(format!("{line}\n").as_bytes())?;
+        writeln!(out, "{line}")?;
         let (start, first) = *pace.get_or_insert((Instant::now(), line));
         let due = start + PACE * u32::try_from(line + 1 - first).unwrap_or(u32::MAX);
         guest_sdk::sleep(due.saturating_duration_since(Instant::now()));
     }
-    ctx.checkpoint()?;
+    // The lines written since the last save are flushed, and the runner records them
+    // with the job's completion.
     Ok(Outcome::Completed)
 }

@@ -23,11 +23,15 @@ The state is saved as JSON, as the object ``{"state": STATE, "batches": [CURSOR,
 be a dataclass (``@runner_job.job(state=MyState)``) whose fields do.
 """
 
+import builtins
 import dataclasses
+import io
 import json
+import os
 import sys
 import time
 import traceback
+import weakref
 from os import PathLike
 from typing import Any, Callable, Iterable, Iterator, List, Optional, Union, get_type_hints
 
@@ -152,7 +156,55 @@ def exit(code: int) -> None:
     _exit.exit_with_code(code)
 
 
+#: Every file open for writing in the output directory: flushed before each save.
+_outputs: "weakref.WeakSet[Any]" = weakref.WeakSet()
+
+
+def _output_dir() -> Optional[str]:
+    out = os.environ.get("RUNNER_OUTPUT_DIR")
+    return os.path.abspath(out) if out else None
+
+
+def _watch_open() -> None:
+    """Makes ``open`` (and ``io.open``, which ``pathlib`` uses) note every file it opens
+    for writing in the output directory, so that the SDK flushes it before each save:
+    the natural code, a buffered file written in a batch loop, then writes each result
+    exactly once. Run when the job starts: the output directory is known only then."""
+    out = _output_dir()
+    if out is None or getattr(builtins.open, "_runner_job", False):
+        return
+    original = builtins.open
+
+    def open(file, mode="r", *args, **kwargs):  # noqa: A001 (it is the point)
+        opened = original(file, mode, *args, **kwargs)
+        if isinstance(file, (str, bytes, PathLike)) and any(c in mode for c in "wax+"):
+            path = os.path.abspath(os.fsdecode(file))
+            if path.startswith(out + os.sep):
+                _outputs.add(opened)
+        return opened
+
+    open._runner_job = True  # type: ignore[attr-defined]
+    open.__doc__ = original.__doc__
+    builtins.open = open
+    io.open = open
+
+
+def _flush_outputs() -> None:
+    """Flushes every file open for writing in the output directory, so that a save
+    records everything written before it."""
+    for file in list(_outputs):
+        if file.closed:
+            continue
+        try:
+            file.flush()
+        except OSError as error:
+            raise CheckpointError(
+                "io", f"cannot write output `{getattr(file, 'name', file)}`: {error}"
+            ) from error
+
+
 def _save_bytes(data: bytes) -> None:
+    _flush_outputs()
     try:
         _checkpoint.save(data)
     except Err as error:
@@ -322,6 +374,35 @@ class Ctx:
                 "the saved state does not fit this job's state (a job changed since it "
                 f"saved? start over with `runner --start-over`): {error}"
             ) from error
+
+    def output(self, path: Union[str, PathLike], binary: bool = False) -> Any:
+        """Opens ``path``, a file in the job's output directory (``runner --output
+        DIR``), for appending results that end up there exactly once: the SDK flushes it
+        before every save (a batch's own, :meth:`checkpoint`, :meth:`suspend`) and when
+        the job completes, so each checkpoint records what was written before it, and a
+        resumed run goes on where it left off. Text (UTF-8) unless ``binary``; parent
+        directories are created. A file opened with ``open`` in the output directory is
+        flushed the same way; this finds the directory for you."""
+        out = _output_dir()
+        if out is None:
+            raise RuntimeError(
+                "the job has no output directory: run it with `runner --output DIR`"
+            )
+        relative = os.fspath(path)
+        parts = relative.replace(os.sep, "/").split("/")
+        if os.path.isabs(relative) or any(part in ("", ".", "..") for part in parts):
+            raise ValueError(
+                f"output {relative!r} is not a path inside the output directory (use a "
+                "relative path without '..')"
+            )
+        full = os.path.join(out, relative)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        if binary:
+            file = open(full, "ab")
+        else:
+            file = open(full, "a", encoding="utf-8")
+        _outputs.add(file)
+        return file
 
     def should_stop(self) -> bool:
         """True once the runner has asked the job to stop: save and return soon."""
@@ -494,8 +575,19 @@ def _world(function: Callable[[Ctx], Any], state_type: Optional[type]):
     class WitWorld(wit_world.WitWorld):
         def run(self) -> wit_world.Outcome:
             try:
+                _watch_open()
                 ctx = Ctx(state_type)
                 outcome = function(ctx)
+                if outcome in (None, COMPLETED) and not ctx._stopped:
+                    # The final state and what the job wrote since its last save, which
+                    # the runner's record of the completion keeps. A state that cannot be
+                    # saved (too large, not JSON) leaves the last saved one.
+                    try:
+                        ctx._save()
+                    except CheckpointError as error:
+                        if error.kind not in ("too-large", "encoding"):
+                            raise
+                        _flush_outputs()
             except Stopped:
                 return wit_world.Outcome.SUSPENDED
             except SystemExit as error:
@@ -508,6 +600,10 @@ def _world(function: Callable[[Ctx], Any], state_type: Optional[type]):
                 sys.stdout.flush()
                 sys.stderr.flush()
                 if code == 0:
+                    try:
+                        _flush_outputs()
+                    except CheckpointError as error:
+                        raise Err(str(error)) from None
                     return wit_world.Outcome.COMPLETED
                 exit(code)
                 raise
