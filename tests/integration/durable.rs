@@ -12,11 +12,22 @@ use crate::util::{Running, SIGTERM, Sandbox, run};
 /// Lines that take several checkpoints: long enough to interrupt, short enough to finish.
 const LINES: u64 = 600;
 
+/// `sequence`'s lines written unbuffered (the test job's `unbuffered`), as job
+/// `sequence`: the lines after a save are on the file at once, for the runner to undo.
+fn unbuffered_sequence(sandbox: &Sandbox) -> std::process::Command {
+    let mut command = sandbox.runner();
+    command
+        .args(["--job-id", "sequence", "--output"])
+        .arg(sandbox.output_dir())
+        .args([TESTJOB, "unbuffered", &LINES.to_string()]);
+    command
+}
+
 #[test]
 fn sequence_output_is_exactly_once_across_kills_and_stops() {
     let sandbox = Sandbox::new();
     // Killed after its second checkpoint, with lines written after it.
-    let mut running = Running::start(&mut sandbox.sequence(LINES), Stdio::null());
+    let mut running = Running::start(&mut unbuffered_sequence(&sandbox), Stdio::null());
     let second = sandbox.wait_for_checkpoint_after(&mut running, "sequence", 1);
     let committed_len = second.outputs[0].len;
     let out = sandbox.output_dir().join("out.txt");
@@ -29,7 +40,7 @@ fn sequence_output_is_exactly_once_across_kills_and_stops() {
     assert!(committed >= 100, "{committed}");
 
     // Stopped on request after resuming: the undone lines are written again, once.
-    let mut running = Running::start(&mut sandbox.sequence(LINES), Stdio::null());
+    let mut running = Running::start(&mut unbuffered_sequence(&sandbox), Stdio::null());
     let last = sandbox.checkpoint("sequence").expect("checkpoint").sequence;
     sandbox.wait_for_checkpoint_after(&mut running, "sequence", last);
     running.signal(SIGTERM);
@@ -38,7 +49,7 @@ fn sequence_output_is_exactly_once_across_kills_and_stops() {
     stopped.assert_stderr("undid what the job wrote");
     sandbox.assert_sequence_consistent();
 
-    run(&mut sandbox.sequence(LINES)).assert_code(0);
+    run(&mut unbuffered_sequence(&sandbox)).assert_code(0);
     let check = sandbox.check_sequence_output(LINES);
     assert!(check.is_exact(LINES), "{check:?}");
 }
@@ -254,4 +265,40 @@ fn state_show_and_reset() {
         .arg(&state_dir));
     gone.assert_code(2);
     gone.assert_stderr("has no state");
+}
+
+/// A job that writes its output through a buffered writer of its own (which no save
+/// flushes) is told so, once per file, the first time a save finds the file ending in
+/// the middle of a line; a job writing through `ctx.output` is not (see
+/// `sequence_output_is_exactly_once_across_kills_and_stops`).
+#[test]
+fn a_writer_of_the_jobs_own_is_detected_at_a_save() {
+    let sandbox = Sandbox::new();
+    let finished = run(sandbox
+        .runner()
+        .arg("--output")
+        .arg(sandbox.output_dir())
+        .args([TESTJOB, "own-bufwriter", "3000"]));
+    finished.assert_code(0).assert_stderr(
+        "output `out.txt` ends in the middle of a line at this save: a buffered writer of \
+         the job's own may hold the rest",
+    );
+    assert_eq!(
+        finished
+            .stderr
+            .matches("ends in the middle of a line")
+            .count(),
+        1,
+        "{}",
+        finished.stderr
+    );
+
+    let sandbox = Sandbox::new();
+    let sequence = run(&mut sandbox.sequence(300));
+    sequence.assert_code(0);
+    assert!(
+        !sequence.stderr.contains("middle of a line"),
+        "{}",
+        sequence.stderr
+    );
 }

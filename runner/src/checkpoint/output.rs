@@ -12,9 +12,11 @@
 //! shorter, cannot be put back; a file found shorter than its committed length stops
 //! the run. Only regular files and directories are tracked.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::{Context, Result, bail};
 
@@ -26,6 +28,8 @@ use super::{JobId, Loaded, OutputLen, StoreError, format};
 pub struct OutputDir {
     root: PathBuf,
     key: String,
+    /// The files a save found ending in the middle of a line, said once each.
+    mid_line: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// What [`OutputDir::restore`] undid.
@@ -57,6 +61,7 @@ impl OutputDir {
         Ok(OutputDir {
             root: root.to_owned(),
             key,
+            mid_line: Arc::default(),
         })
     }
 
@@ -79,17 +84,35 @@ impl OutputDir {
         for (path, _) in files {
             let full = self.root.join(&path);
             // Measured after the fsync; nothing writes while the job is in `save`.
-            let len = File::open(&full)
+            let (file, len) = File::open(&full)
                 .and_then(|file| {
                     file.sync_all()?;
-                    file.metadata()
+                    let len = file.metadata()?.len();
+                    Ok((file, len))
                 })
-                .map_err(StoreError::io("fsync output file", &full))?
-                .len();
+                .map_err(StoreError::io("fsync output file", &full))?;
+            if ends_mid_line(&file, len) {
+                self.say_mid_line(&path);
+            }
             lengths.push(OutputLen { path, len });
         }
         lengths.sort();
         Ok(lengths)
+    }
+
+    /// Says, once per file, that a save found `path` ending in the middle of a line of
+    /// text: the sign of a writer of the job's own that holds the rest in its buffer,
+    /// which the save does not record and a crash loses or tears.
+    fn say_mid_line(&self, path: &str) {
+        let mut said = self.mid_line.lock().unwrap_or_else(PoisonError::into_inner);
+        if said.insert(path.to_owned()) {
+            tracing::warn!(
+                "output `{path}` ends in the middle of a line at this save: a buffered \
+                 writer of the job's own may hold the rest, which a crash would lose or \
+                 tear. Write results through the SDK's `ctx.output(...)`, which it flushes \
+                 before every save"
+            );
+        }
     }
 
     /// True if the directory holds files (empty directories do not count).
@@ -286,6 +309,18 @@ pub(crate) fn restore(
         );
     }
     Ok(())
+}
+
+/// Whether the text file `file`, `len` bytes long, ends in the middle of a line: its
+/// last 4 KiB hold a line break and no NUL (text, in lines), and its last byte is not a
+/// line break.
+fn ends_mid_line(file: &File, len: u64) -> bool {
+    let tail_len = len.min(4096);
+    let mut tail = vec![0; tail_len as usize];
+    if tail.is_empty() || file.read_exact_at(&mut tail, len - tail_len).is_err() {
+        return false;
+    }
+    tail.last() != Some(&b'\n') && tail.contains(&b'\n') && !tail.contains(&0)
 }
 
 #[cfg(test)]

@@ -226,6 +226,44 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             }
             Ok(Outcome::Completed)
         }
+        // Appends `line N` for N in 1..=ARG to out.txt in the output directory through
+        // a `BufWriter` of its own (the mistake `ctx.output` exists to avoid), in a batch
+        // that saves every 100 lines.
+        "own-bufwriter" => {
+            let dir = std::env::var("RUNNER_OUTPUT_DIR")?;
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(std::path::Path::new(&dir).join("out.txt"))?;
+            let mut out = std::io::BufWriter::new(file);
+            let lines: u64 = arg.as_deref().unwrap_or("0").parse()?;
+            for line in ctx.batch(1..=lines).save_every_items(100) {
+                writeln!(out, "line {}", line?)?;
+            }
+            out.flush()?;
+            Ok(Outcome::Completed)
+        }
+        // What sequence.wasm writes (the lines 1 to ARG, about 3 ms a line, saving every
+        // 100), one unbuffered write per line: the lines after a save are on the file
+        // at once, for the tests of what the runner undoes.
+        "unbuffered" => {
+            let dir = std::env::var("RUNNER_OUTPUT_DIR")?;
+            let mut out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(std::path::Path::new(&dir).join("out.txt"))?;
+            let lines: u64 = arg.as_deref().unwrap_or("0").parse()?;
+            let start = Instant::now();
+            let mut first = None;
+            for line in ctx.batch(1..=lines).save_every_items(100) {
+                let line = line?;
+                out.write_all(format!("{line}\n").as_bytes())?;
+                let first = *first.get_or_insert(line);
+                let due = start + Duration::from_millis(3 * (line + 1 - first));
+                guest_sdk::sleep(due.saturating_duration_since(Instant::now()));
+            }
+            Ok(Outcome::Completed)
+        }
         "error" => Err(anyhow!("the disk is on fire").context("cannot write the report")),
         "trap" => panic!("the job panicked on purpose"),
         "exit" => guest_sdk::exit(arg.as_deref().unwrap_or("0").parse()?),
