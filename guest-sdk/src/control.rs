@@ -64,7 +64,7 @@ pub fn stop_reason() -> Option<StopReason> {
 /// When the runner will stop the job by force, once a stop was requested; `None` before.
 ///
 /// Between the request and this instant the job saves its state and returns. The
-/// runner's `--grace` sets the distance (10 s by default).
+/// runner's `--grace` sets the distance (25 s by default).
 ///
 /// ```no_run
 /// use std::time::Instant;

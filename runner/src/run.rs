@@ -249,15 +249,51 @@ impl Run {
             // Whatever the job did after losing the job, only the new owner's state counts.
             _ if self.forced() == Some(StopReason::Fenced) => Outcome::Forced(StopReason::Fenced),
             Err(reason) => Outcome::Forced(reason),
+            Ok(Ok(Outcome::JobFailed(message))) => Outcome::JobFailed(self.explain(&message)),
             Ok(Ok(outcome)) => outcome,
             Ok(Err(error)) => self.classify_error(error),
         };
-        if !matches!(outcome, Outcome::Completed | Outcome::Exited(0))
-            && let Some(progress) = instance.data().progress()
-        {
-            say!("the job's last progress report: {progress}");
+        if !matches!(outcome, Outcome::Completed | Outcome::Exited(0)) {
+            if let Some(progress) = instance.data().progress() {
+                say!("the job's last progress report: {progress}");
+            }
+        } else if let Some(progress) = instance.data().unshown_progress() {
+            say!("progress {progress}");
         }
         outcome
+    }
+
+    /// The job's error message, for people who run it: WASI's error numbers (`os error
+    /// 44`, `[Errno 44]`), which are not the host's, left out; and, for a file that is
+    /// missing or refused, which host directories the job sees at all.
+    fn explain(&self, message: &str) -> String {
+        let mut message = without_errno(message, " (os error ", ")");
+        message = without_errno(&message, "[Errno ", "] ");
+        if !["No such file or directory", "Permission denied"]
+            .iter()
+            .any(|cause| message.contains(cause))
+        {
+            return message;
+        }
+        let seen: Vec<String> = self
+            .config
+            .dirs
+            .iter()
+            .chain(&self.config.output)
+            .map(|dir| format!("`{}` (host `{}`)", dir.guest, dir.host.display()))
+            .collect();
+        if seen.is_empty() {
+            message.push_str(
+                "\n(the job sees no host directory: give it one with --dir HOST[::GUEST])",
+            );
+        } else {
+            message.push_str(&format!(
+                "\n(the job sees only the directories given with --dir and --output: {}; \
+                 nothing else of the host's file system exists for it)",
+                seen.join(", ")
+            ));
+        }
+        message
     }
 
     /// What forced the stop, if it is forced.
@@ -285,6 +321,25 @@ impl Run {
     }
 }
 
+/// `message` without each `start` NUMBER `end` in it.
+fn without_errno(message: &str, start: &str, end: &str) -> String {
+    let mut kept = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = rest.find(start) {
+        let after = &rest[at + start.len()..];
+        let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        if digits > 0 && after[digits..].starts_with(end) {
+            kept.push_str(&rest[..at]);
+            rest = &after[digits + end.len()..];
+        } else {
+            kept.push_str(&rest[..at + start.len()]);
+            rest = after;
+        }
+    }
+    kept.push_str(rest);
+    kept
+}
+
 /// Gives the job up once the run is over (within the store's bound). A run whose job
 /// was taken over after its last save is not done: only the new owner's state counts.
 async fn release(store: &dyn Store, outcome: Result<Outcome>) -> Result<Outcome> {
@@ -300,4 +355,33 @@ async fn release(store: &dyn Store, outcome: Result<Outcome>) -> Result<Outcome>
         return Ok(Outcome::Forced(StopReason::Fenced));
     }
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_errno;
+
+    #[test]
+    fn wasi_error_numbers_are_left_out() {
+        assert_eq!(
+            without_errno(
+                "cannot read /x: No such file or directory (os error 44)",
+                " (os error ",
+                ")"
+            ),
+            "cannot read /x: No such file or directory"
+        );
+        assert_eq!(
+            without_errno(
+                "FileNotFoundError: [Errno 44] No such file: '/x'",
+                "[Errno ",
+                "] "
+            ),
+            "FileNotFoundError: No such file: '/x'"
+        );
+        assert_eq!(
+            without_errno("keep (os error x) and (os error 2", " (os error ", ")"),
+            "keep (os error x) and (os error 2"
+        );
+    }
 }

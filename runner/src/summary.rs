@@ -91,6 +91,24 @@ struct Progress {
     total: Option<u64>,
 }
 
+/// The line that ends the run: [`Outcome::message`], except that a job stopped by force
+/// that never saved is told it starts over, rather than that its last checkpoint stands.
+fn message(outcome: &Outcome, status: &RunStatus) -> Option<String> {
+    match outcome {
+        Outcome::Forced(reason)
+            if *reason != StopReason::Fenced && status.checkpoint().is_none() =>
+        {
+            Some(format!(
+                "job stopped by force after {}; it saved no checkpoint, so its next run \
+                 starts from the beginning (exit {})",
+                reason.cause(),
+                outcome.exit_code()
+            ))
+        }
+        _ => outcome.message(),
+    }
+}
+
 /// The summary of a run that ended with `outcome`, as JSON of at most [`MAX_LEN`] bytes:
 /// a long message (a trap's backtrace) is cut short to fit.
 pub fn to_json(
@@ -113,7 +131,7 @@ pub fn to_json(
             .map(|(done, total)| Progress { done, total }),
         // Milliseconds are enough, and keep the number short.
         run_time_seconds: (status.started.elapsed().as_millis() as f64) / 1000.0,
-        message: outcome.message(),
+        message: message(outcome, status),
     };
     // Serialising plain data into a String cannot fail.
     let json = |summary: &Summary<'_>| serde_json::to_string(summary).unwrap_or_default();
@@ -267,7 +285,7 @@ impl Report {
         if let Some(preface) = preface {
             tracing::warn!("{preface}");
         }
-        if let Some(message) = outcome.message() {
+        if let Some(message) = message(outcome, &self.status) {
             match outcome {
                 Outcome::Suspended | Outcome::NotStarted | Outcome::AlreadyCompleted(_) => {
                     tracing::info!("{message}")

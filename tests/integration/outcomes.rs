@@ -95,3 +95,28 @@ fn help_documents_the_exit_codes() {
         );
     }
 }
+
+/// A job that cannot find a file is told which host directories it sees, and WASI's
+/// error numbers (which are not the host's) are left out of the message.
+#[test]
+fn a_missing_file_names_the_directories_the_job_sees() {
+    let sandbox = Sandbox::new();
+    let missing = run(sandbox.runner().args([TESTJOB, "read", "/etc/hostname"]));
+    missing
+        .assert_code(1)
+        .assert_stderr("cannot read /etc/hostname: No such file or directory")
+        .assert_stderr("(the job sees no host directory: give it one with --dir HOST[::GUEST])");
+    assert!(!missing.stderr.contains("os error"), "{}", missing.stderr);
+
+    let data = sandbox.path().join("data");
+    std::fs::create_dir(&data).expect("mkdir");
+    let shown = run(sandbox
+        .runner()
+        .arg("--dir")
+        .arg(format!("{}::/data", data.display()))
+        .args(["--job-id", "reader", TESTJOB, "read", "/data/nothing"]));
+    shown.assert_code(1).assert_stderr(&format!(
+        "(the job sees only the directories given with --dir and --output: `/data` (host `{}`)",
+        data.display()
+    ));
+}

@@ -178,7 +178,11 @@ pub fn wordcount_stopped_twice(
 fn a_completed_job_is_not_run_again_until_it_starts_over() {
     const LINES: u64 = 300;
     let sandbox = Sandbox::new();
-    run(&mut sandbox.sequence(LINES)).assert_code(0);
+    // The last line on progress says where the job ended, not where a line last showed.
+    let first = run(&mut sandbox.sequence(LINES));
+    first
+        .assert_code(0)
+        .assert_stderr(&format!("progress {LINES}/{LINES} (100.0%)"));
     let completed = sandbox.checkpoint("sequence").expect("a checkpoint");
     assert!(completed.completed, "{completed:?}");
     let out = sandbox.output_dir().join("out.txt");

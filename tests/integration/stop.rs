@@ -151,6 +151,15 @@ fn a_second_signal_forces_the_stop_at_once_whether_the_job_sleeps_or_computes() 
             "{}",
             done.stderr
         );
+        // The job never saved: nothing stands for the next run to resume from.
+        assert!(
+            done.stderr.contains(
+                "job stopped by force after SIGINT; it saved no checkpoint, so its next \
+                 run starts from the beginning (exit 130)"
+            ),
+            "{}",
+            done.stderr
+        );
     }
 }
 

@@ -112,6 +112,11 @@ impl JobState {
     pub fn progress(&self) -> Option<String> {
         self.progress.latest()
     }
+
+    /// The job's latest progress report, if no line has shown it yet.
+    pub fn unshown_progress(&self) -> Option<String> {
+        self.progress.unshown()
+    }
 }
 
 impl WasiView for JobState {

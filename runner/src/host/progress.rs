@@ -15,6 +15,8 @@ const SHOW_EVERY: Duration = Duration::from_secs(5);
 pub struct Progress {
     status: Arc<RunStatus>,
     last_shown: Option<Instant>,
+    /// Whether the latest report came after the last line shown.
+    unshown: bool,
 }
 
 impl Progress {
@@ -22,7 +24,14 @@ impl Progress {
         Progress {
             status,
             last_shown: None,
+            unshown: false,
         }
+    }
+
+    /// The latest report, if no line has shown it: a job that completes says where it
+    /// ended rather than leaving an older line as the last word.
+    pub fn unshown(&self) -> Option<String> {
+        self.unshown.then(|| self.latest()).flatten()
     }
 
     /// The latest report as text, such as `1200/5000 (24.0%)`.
@@ -47,11 +56,13 @@ impl Host for Progress {
             return Ok(());
         }
         let now = Instant::now();
+        self.unshown = true;
         if self
             .last_shown
             .is_none_or(|shown| now.duration_since(shown) >= SHOW_EVERY)
         {
             self.last_shown = Some(now);
+            self.unshown = false;
             if let Some(text) = self.latest() {
                 say!(done, total, "progress {text}");
             }

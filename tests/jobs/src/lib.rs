@@ -5,7 +5,8 @@ use std::hint::black_box;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use guest_sdk::{Ctx, Outcome, Result, anyhow::anyhow};
+use guest_sdk::anyhow::{Context, anyhow};
+use guest_sdk::{Ctx, Outcome, Result};
 use serde::{Deserialize, Serialize};
 
 #[derive(Default, Serialize, Deserialize)]
@@ -262,6 +263,13 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
                 let due = start + Duration::from_millis(3 * (line + 1 - first));
                 guest_sdk::sleep(due.saturating_duration_since(Instant::now()));
             }
+            Ok(Outcome::Completed)
+        }
+        // Reads the file ARG and prints its length.
+        "read" => {
+            let path = arg.unwrap_or_default();
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {path}"))?;
+            println!("{} bytes", bytes.len());
             Ok(Outcome::Completed)
         }
         "error" => Err(anyhow!("the disk is on fire").context("cannot write the report")),
