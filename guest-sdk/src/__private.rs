@@ -42,13 +42,14 @@ where
     }
 }
 
-/// Loads the state and runs the job function with it.
-pub fn run_job<S, R>(job: impl FnOnce(&mut Ctx<S>) -> R) -> RunResult
+/// Loads the state and runs the job function with it; `crate_name` (the job's crate)
+/// names the job in its checkpoints.
+pub fn run_job<S, R>(crate_name: &str, job: impl FnOnce(&mut Ctx<S>) -> R) -> RunResult
 where
     S: State,
     R: JobResult,
 {
-    let mut ctx = Ctx::load().map_err(|error| format!("{error:#}"))?;
+    let mut ctx = Ctx::load(format!("rust:{crate_name}")).map_err(|error| format!("{error:#}"))?;
     let result = job(&mut ctx).into_run_result();
     if matches!(result, Ok(Outcome::Completed)) && ctx.stopped() {
         // A loop that dropped the batch's `Stopped` (`.flatten()`, `let Ok(..) else`)

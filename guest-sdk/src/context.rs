@@ -15,9 +15,10 @@ use crate::{Outcome, Result, control};
 ///
 /// The state of type `S` is loaded from the last checkpoint when the job starts, or is
 /// `S::default()` on a first run; [`Ctx::state`] reads and changes it. Each checkpoint
-/// saves it, durably, as the JSON object `{"state": STATE, "batches": [CURSOR, ...]}`,
-/// where the cursors are the places reached by the job's [`Ctx::batch`] loops, in the
-/// order the job ran them.
+/// saves it, durably, as the JSON object `{"state": STATE, "batches": [CURSOR, ...],
+/// "job": "rust:CRATE"}`, where the cursors are the places reached by the job's
+/// [`Ctx::batch`] loops, in the order the job ran them, and `job` names the job: a
+/// checkpoint saved by another job (two jobs given one job id) is refused, not loaded.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -48,10 +49,11 @@ pub struct Ctx<S = ()> {
 }
 
 impl<S: State> Ctx<S> {
-    /// Loads the state saved by the last run, or starts from `S::default()`.
-    pub(crate) fn load() -> Result<Self> {
+    /// Loads the state saved by the last run of the job named `job`, or starts from
+    /// `S::default()`.
+    pub(crate) fn load(job: String) -> Result<Self> {
         Ok(Ctx {
-            shared: Rc::new(Shared::load()?),
+            shared: Rc::new(Shared::load(job)?),
         })
     }
 

@@ -34,6 +34,8 @@ impl<S: Serialize + DeserializeOwned + Default> State for S {}
 pub(crate) struct Shared<S> {
     state: RefCell<S>,
     book: RefCell<Book>,
+    /// The job's name in its checkpoints, `rust:CRATE`.
+    job: String,
 }
 
 /// Checkpoint book-keeping.
@@ -55,6 +57,7 @@ struct Book {
 struct SavedRef<'a, S> {
     state: &'a S,
     batches: &'a [&'a Value],
+    job: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -62,6 +65,9 @@ struct Saved<S> {
     state: S,
     #[serde(default)]
     batches: Vec<Value>,
+    /// Absent in checkpoints of SDKs before it was written.
+    #[serde(default)]
+    job: Option<String>,
 }
 
 impl<S> Shared<S> {
@@ -124,18 +130,27 @@ impl<S> Shared<S> {
 }
 
 impl<S: State> Shared<S> {
-    /// Loads the state saved by the last run, or starts from `S::default()`.
-    pub(crate) fn load() -> Result<Self> {
+    /// Loads the state saved by the last run of the job named `job`, or starts from
+    /// `S::default()`.
+    pub(crate) fn load(job: String) -> Result<Self> {
         let (state, loaded, resumed) = match load_bytes() {
             Some(bytes) => {
-                let saved: Saved<S> = serde_json::from_slice(&bytes)
-                    .map_err(CheckpointError::Encoding)
-                    .map_err(|error| {
-                        Error::new(error).context(
+                let saved: Saved<S> = match serde_json::from_slice(&bytes) {
+                    Ok(saved) => saved,
+                    Err(error) => {
+                        // Another job's state rarely fits: say whose it is, if it says.
+                        if let Ok(Named { job: Some(saver) }) = serde_json::from_slice(&bytes) {
+                            check_job(&saver, &job)?;
+                        }
+                        return Err(Error::new(CheckpointError::Encoding(error)).context(
                             "the saved state does not fit this job's state type (a job \
                              changed since it saved? start over with `runner --start-over`)",
-                        )
-                    })?;
+                        ));
+                    }
+                };
+                if let Some(saver) = &saved.job {
+                    check_job(saver, &job)?;
+                }
                 (saved.state, saved.batches, true)
             }
             None => (S::default(), Vec::new(), false),
@@ -150,6 +165,7 @@ impl<S: State> Shared<S> {
                 open: false,
                 stopped: false,
             }),
+            job,
         })
     }
 
@@ -172,6 +188,7 @@ impl<S: State> Shared<S> {
             let bytes = serde_json::to_vec(&SavedRef {
                 state: &*state,
                 batches: &batches,
+                job: &self.job,
             })
             .map_err(CheckpointError::Encoding)?;
             // What cannot be loaded back must not replace the state that can. serde_json
@@ -187,4 +204,25 @@ impl<S: State> Shared<S> {
         self.book.borrow_mut().last_save = Instant::now();
         Ok(())
     }
+}
+
+/// Whose checkpoint it is, read on its own.
+#[derive(Deserialize)]
+struct Named {
+    #[serde(default)]
+    job: Option<String>,
+}
+
+/// Refuses a checkpoint that another job (`saver`) saved: two jobs given one job id (the
+/// default is the job file's name, which two jobs may share) must not take each other's
+/// state. A new version of the same job (the same crate) loads it.
+fn check_job(saver: &str, job: &str) -> Result<()> {
+    if saver != job {
+        anyhow::bail!(
+            "the checkpoint was saved by another job (`{saver}`), not by this one (`{job}`): \
+             two jobs share one job id (by default, the job file's name). Give each its own \
+             --job-id, or pass --start-over to start this one from scratch"
+        );
+    }
+    Ok(())
 }

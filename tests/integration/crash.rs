@@ -189,7 +189,7 @@ fn assert_failed_save_kept_the_state(report: &str, cause: &str) {
     assert!(
         report.contains(&format!(
             "state: {} bytes",
-            r#"{"state":{"note":"before","runs":1},"batches":[]}"#.len()
+            r#"{"state":{"note":"before","runs":1},"batches":[],"job":"rust:testjob"}"#.len()
         )),
         "{report}"
     );

@@ -79,8 +79,9 @@ fn progress_lines_come_at_most_every_few_seconds_off_a_terminal() {
         .filter(|line| line.starts_with("runner: progress "))
         .count();
     assert!(lines >= 2 || seconds < 6, "{}", done.stderr);
+    // One every 5 seconds from the first, and where the job ended when it completes.
     assert!(
-        lines as u64 <= seconds / 5 + 1,
+        lines as u64 <= seconds / 5 + 2,
         "{lines} progress lines in {seconds}s:\n{}",
         done.stderr
     );

@@ -311,7 +311,7 @@ fn python_state_that_would_not_load_back_the_same_is_not_saved() {
     let record = sandbox.checkpoint("py").expect("checkpoint");
     assert_eq!(
         String::from_utf8_lossy(&record.payload),
-        r#"{"state":{"counts":{"a":[1,2.5]}},"batches":[]}"#
+        r#"{"state":{"counts":{"a":[1,2.5]}},"batches":[],"job":"python:testjob"}"#
     );
 }
 
@@ -334,4 +334,41 @@ fn a_rust_state_that_would_not_load_back_is_not_saved() {
         r#"{"note":"before","runs":1}"#,
         "the state saved before is still the committed one"
     );
+}
+
+/// Two different jobs given one job id (here a Rust and a Python job, both `testjob`)
+/// do not take each other's state: the SDK refuses a checkpoint another job saved.
+#[test]
+fn a_checkpoint_saved_by_another_job_is_refused() {
+    let sandbox = Sandbox::new();
+    let rust = Running::start(sandbox.runner().args([TESTJOB, "wait"]), Stdio::null());
+    rust.wait_for_line("ready");
+    rust.signal(SIGTERM);
+    rust.wait().assert_code(75);
+    let python = run(sandbox
+        .runner()
+        .args(["--job-id", "testjob", PYTHON_TESTJOB, "save", "{}"]));
+    python.assert_code(1).assert_stderr(
+        "the checkpoint was saved by another job (`rust:testjob`), not by this one \
+         (`python:testjob`): two jobs share one job id",
+    );
+
+    let python = Running::start(
+        sandbox
+            .runner()
+            .args([PYTHON_TESTJOB, "two-batches", "100", "wait"]),
+        Stdio::null(),
+    );
+    python.wait_for_line("ready");
+    python.signal(SIGTERM);
+    python.wait().assert_code(75);
+    let rust = run(sandbox
+        .runner()
+        .args(["--job-id", "python-testjob", TESTJOB, "show"]));
+    rust.assert_code(1).assert_stderr(
+        "the checkpoint was saved by another job (`python:testjob`), not by this one \
+         (`rust:testjob`)",
+    );
+    // The checkpoint that was refused is still there, as it was.
+    assert!(sandbox.checkpoint("python-testjob").is_some());
 }

@@ -47,9 +47,11 @@ pub fn job(attr: TokenStream, item: TokenStream) -> TokenStream {
     // other than a `Result<Outcome, _>` gets its error there.
     let call = match &function.sig.output {
         ReturnType::Type(_, output) => quote_spanned! { output.span() =>
-            ::guest_sdk::__private::run_job(#name)
+            ::guest_sdk::__private::run_job(env!("CARGO_CRATE_NAME"), #name)
         },
-        ReturnType::Default => quote! { ::guest_sdk::__private::run_job(#name) },
+        ReturnType::Default => quote! {
+            ::guest_sdk::__private::run_job(env!("CARGO_CRATE_NAME"), #name)
+        },
     };
     quote! {
         #function

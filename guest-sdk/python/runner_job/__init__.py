@@ -18,8 +18,9 @@ runner asks the job to stop::
 Build it into a component with ``guest-sdk/python/build_job.py count.py -o count.wasm``
 and run it with ``runner count.wasm``.
 
-The state is saved as JSON, as the object ``{"state": STATE, "batches": [CURSOR, ...]}``
-(the layout the Rust SDK uses): ``ctx.state`` must hold what ``json.dumps`` accepts, or
+The state is saved as JSON, as the object ``{"state": STATE, "batches": [CURSOR, ...],
+"job": "python:MODULE"}`` (the layout the Rust SDK uses; a checkpoint another job saved
+is refused): ``ctx.state`` must hold what ``json.dumps`` accepts, or
 be a dataclass (``@runner_job.job(state=MyState)``) whose fields do.
 """
 
@@ -352,8 +353,10 @@ class Ctx:
     arguments). Change it freely; each checkpoint saves it.
     """
 
-    def __init__(self, state_type: Optional[type]):
+    def __init__(self, state_type: Optional[type], job: str):
         self._state_type = state_type
+        # The job's name in its checkpoints: another job's checkpoint is refused.
+        self._job = job
         self._last_save = time.monotonic()
         self._ended: List[Any] = []
         self._open = False
@@ -366,6 +369,14 @@ class Ctx:
             return
         try:
             saved = json.loads(raw)
+            saver = saved.get("job") if isinstance(saved, dict) else None
+            if saver is not None and saver != job:
+                raise RuntimeError(
+                    f"the checkpoint was saved by another job (`{saver}`), not by this one "
+                    f"(`{job}`): two jobs share one job id (by default, the job file's "
+                    "name). Give each its own --job-id, or pass --start-over to start this "
+                    "one from scratch"
+                )
             self._loaded = saved.get("batches", [])
             state = saved["state"]
             self.state = _from_json(state_type, state) if state_type else state
@@ -422,7 +433,7 @@ class Ctx:
         # holds their work.
         batches = self._ended + [running] if has_running else list(self._ended)
         batches += self._loaded[len(batches) :]
-        saved = {"state": state, "batches": batches}
+        saved = {"state": state, "batches": batches, "job": self._job}
         try:
             data = json.dumps(saved, separators=(",", ":"), allow_nan=False)
         except (TypeError, ValueError) as error:
@@ -576,7 +587,7 @@ def _world(function: Callable[[Ctx], Any], state_type: Optional[type]):
         def run(self) -> wit_world.Outcome:
             try:
                 _watch_open()
-                ctx = Ctx(state_type)
+                ctx = Ctx(state_type, f"python:{function.__module__}")
                 outcome = function(ctx)
                 if outcome in (None, COMPLETED) and not ctx._stopped:
                     # The final state and what the job wrote since its last save, which
