@@ -166,7 +166,9 @@ impl<S: State> Ctx<S> {
         Ok(true)
     }
 
-    /// Saves the state and returns [`Outcome::Suspended`], for `return ctx.suspend();`.
+    /// Saves the state and returns [`Outcome::Suspended`], for `return ctx.suspend();`. A
+    /// job with nothing to save (a stateless worker: no checkpoint, no batch, an empty
+    /// state) saves nothing, and the runner says so rather than that a state is saved.
     ///
     /// ```no_run
     /// # use guest_sdk::{Ctx, Outcome, Result};
@@ -177,7 +179,10 @@ impl<S: State> Ctx<S> {
     /// # Ok(Outcome::Completed) }
     /// ```
     pub fn suspend(&mut self) -> Result<Outcome> {
-        self.checkpoint()?;
+        // A stateless job (a worker with `Ctx<()>`) has nothing to save, and says so.
+        if !self.shared.nothing_to_save() {
+            self.checkpoint()?;
+        }
         Ok(Outcome::Suspended)
     }
 

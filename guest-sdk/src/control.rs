@@ -91,6 +91,49 @@ pub fn wait_for_shutdown() {
     lifecycle::subscribe_shutdown().block();
 }
 
+/// A `wasi:io/poll` pollable, as the SDK's bindings type it: what [`wait_for`] waits on,
+/// and what [`shutdown_pollable`] returns. One from another binding of WASI (the `wasi`
+/// crate's sockets, streams and timers) is the same resource: move it over by its handle,
+/// `unsafe { guest_sdk::Pollable::from_handle(theirs.take_handle()) }`.
+pub use crate::bindings::wasi::io::poll::Pollable;
+
+/// A pollable that becomes ready when the runner asks the job to stop, and stays ready:
+/// for a job that polls its own pollables with `wasi:io/poll` itself. [`wait_for`] does
+/// that for you.
+pub fn shutdown_pollable() -> Pollable {
+    lifecycle::subscribe_shutdown()
+}
+
+/// Waits until one of the job's own `pollables` is ready (a socket, a stream, a timer),
+/// or the runner asks the job to stop, whichever comes first: `Some(i)` with the index of
+/// a ready pollable, `None` for the stop request (which wins when both are ready).
+///
+/// It is how a worker waits for its next piece of work without making a stop wait: a
+/// job blocked in it wakes the moment the request comes, finishes what it holds, and
+/// returns.
+///
+/// ```no_run
+/// # fn next_message_ready() -> guest_sdk::Pollable { unimplemented!() }
+/// let message = next_message_ready();
+/// match guest_sdk::wait_for(&[&message]) {
+///     Some(_) => { /* take the message and handle it */ }
+///     None => { /* asked to stop: return */ }
+/// }
+/// ```
+pub fn wait_for(pollables: &[&Pollable]) -> Option<usize> {
+    let stop = lifecycle::subscribe_shutdown();
+    let mut all: Vec<&Pollable> = pollables.to_vec();
+    all.push(&stop);
+    let ready = poll(&all);
+    if shutdown_requested() {
+        return None;
+    }
+    ready
+        .into_iter()
+        .map(|index| index as usize)
+        .find(|&index| index < pollables.len())
+}
+
 /// Sleeps for `duration`, or less if the runner asks the job to stop meanwhile.
 /// Returns `true` if it slept the whole time, `false` if a stop request woke it.
 ///

@@ -54,8 +54,8 @@ pub use batch::{Batch, IntoSource, Lines, LinesCursor, Numbers, Records, Source,
 pub use checkpoint::{CheckpointError, Stopped, load_bytes, save_bytes};
 pub use context::Ctx;
 pub use control::{
-    StopReason, deadline, exit, report_progress, shutdown_requested, sleep, stop_reason,
-    wait_for_shutdown, wait_until,
+    Pollable, StopReason, deadline, exit, report_progress, shutdown_pollable, shutdown_requested,
+    sleep, stop_reason, wait_for, wait_for_shutdown, wait_until,
 };
 pub use output::Output;
 pub use state::State;

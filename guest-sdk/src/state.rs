@@ -51,6 +51,8 @@ struct Book {
     open: bool,
     /// Whether a batch ended the run with `Stopped`.
     stopped: bool,
+    /// Whether this run has saved.
+    saved: bool,
 }
 
 #[derive(Serialize)]
@@ -123,6 +125,22 @@ impl<S> Shared<S> {
         self.state.try_borrow().is_err()
     }
 
+    /// Whether the job has nothing to save: it never had a checkpoint, has not saved in
+    /// this run, runs no batch and has none behind it, and its state is empty (`()`, or
+    /// an empty JSON object). A stateless worker's suspend saves nothing.
+    pub(crate) fn nothing_to_save(&self) -> bool
+    where
+        S: Serialize,
+    {
+        let book = self.book.borrow();
+        let empty = serde_json::to_value(&*self.state.borrow()).is_ok_and(|value| match value {
+            Value::Null => true,
+            Value::Object(fields) => fields.is_empty(),
+            _ => false,
+        });
+        empty && !book.resumed && !book.saved && !book.open && book.ended.is_empty()
+    }
+
     /// Time since the last save.
     pub(crate) fn since_save(&self) -> Duration {
         self.book.borrow().last_save.elapsed()
@@ -164,6 +182,7 @@ impl<S: State> Shared<S> {
                 ended: Vec::new(),
                 open: false,
                 stopped: false,
+                saved: false,
             }),
             job,
         })
@@ -201,7 +220,9 @@ impl<S: State> Shared<S> {
             bytes
         };
         save_bytes(&bytes)?;
-        self.book.borrow_mut().last_save = Instant::now();
+        let mut book = self.book.borrow_mut();
+        book.last_save = Instant::now();
+        book.saved = true;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@
 use std::fs::OpenOptions;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,8 @@ pub struct RunStatus {
     /// The sequence number of the job's latest committed checkpoint; 0: none (sequences
     /// start at 1).
     checkpoint: AtomicU64,
+    /// Whether this run committed a checkpoint.
+    saved: AtomicBool,
     /// The job's latest progress report.
     progress: Mutex<Option<(u64, Option<u64>)>>,
 }
@@ -45,6 +47,7 @@ impl Default for RunStatus {
         RunStatus {
             started: Instant::now(),
             checkpoint: AtomicU64::new(0),
+            saved: AtomicBool::new(false),
             progress: Mutex::new(None),
         }
     }
@@ -54,6 +57,12 @@ impl RunStatus {
     /// Notes that checkpoint `sequence` is the job's latest (loaded or committed).
     pub fn checkpointed(&self, sequence: u64) {
         self.checkpoint.fetch_max(sequence, Ordering::Relaxed);
+    }
+
+    /// Notes that this run committed checkpoint `sequence`.
+    pub fn committed(&self, sequence: u64) {
+        self.saved.store(true, Ordering::Relaxed);
+        self.checkpointed(sequence);
     }
 
     /// The latest checkpoint's sequence number, if the job has one.
@@ -95,6 +104,18 @@ struct Progress {
 /// that never saved is told it starts over, rather than that its last checkpoint stands.
 fn message(outcome: &Outcome, status: &RunStatus) -> Option<String> {
     match outcome {
+        // A stateless job (a worker) suspends without saving: no state was saved.
+        Outcome::Suspended if !status.saved.load(Ordering::Relaxed) => {
+            Some(match status.checkpoint() {
+                None => "job suspended on request; it saved no state, so its next run starts \
+                         from the beginning (exit 75)"
+                    .to_owned(),
+                Some(sequence) => format!(
+                    "job suspended on request; it saved nothing in this run, so its next run \
+                     resumes from checkpoint {sequence} (exit 75)"
+                ),
+            })
+        }
         Outcome::Forced(reason)
             if *reason != StopReason::Fenced && status.checkpoint().is_none() =>
         {

@@ -15,6 +15,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("primes", "primes.wasm", "PRIMES"),
     ("wordcount", "wordcount.wasm", "WORDCOUNT"),
     ("sequence", "sequence.wasm", "SEQUENCE"),
+    ("worker", "worker.wasm", "WORKER"),
     ("test-jobs", "testjob.wasm", "TESTJOB"),
     ("test-jobs", "command.wasm", "COMMAND"),
 ];

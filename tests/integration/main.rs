@@ -20,3 +20,4 @@ mod s3;
 mod sdk;
 mod stop;
 mod util;
+mod worker;

@@ -372,3 +372,24 @@ fn a_checkpoint_saved_by_another_job_is_refused() {
     // The checkpoint that was refused is still there, as it was.
     assert!(sandbox.checkpoint("python-testjob").is_some());
 }
+
+/// `wait_for` returns the index of a ready pollable of the job's own, or `None` the
+/// moment the stop request comes (Rust and Python); the Python job, stateless, suspends
+/// without saving and the runner says so.
+#[test]
+fn wait_for_wakes_on_a_ready_pollable_or_the_stop_request() {
+    for job in [TESTJOB, PYTHON_TESTJOB] {
+        let sandbox = Sandbox::new();
+        let running = Running::start(sandbox.runner().args([job, "wait-for"]), Stdio::null());
+        running.wait_for_line("woken by pollable 0");
+        running.wait_for_line("ready");
+        running.signal(SIGTERM);
+        running.wait_for_line("woken by the stop request");
+        let stopped = running.wait();
+        stopped.assert_code(75);
+        if job == PYTHON_TESTJOB {
+            stopped.assert_stderr("job suspended on request; it saved no state");
+            assert_eq!(sandbox.checkpoint("python-testjob"), None);
+        }
+    }
+}

@@ -57,8 +57,10 @@ __all__ = [
     "job",
     "report_progress",
     "shutdown_requested",
+    "shutdown_pollable",
     "sleep",
     "stop_reason",
+    "wait_for",
     "wait_for_shutdown",
     "wait_until",
 ]
@@ -122,6 +124,25 @@ def deadline() -> Optional[float]:
 def wait_for_shutdown() -> None:
     """Blocks until the runner asks the job to stop."""
     _lifecycle.subscribe_shutdown().block()
+
+
+def shutdown_pollable() -> Any:
+    """A pollable that becomes ready when the runner asks the job to stop, and stays
+    ready: for a job that polls its own pollables (``wit_world.imports.poll``) itself.
+    :func:`wait_for` does that for you."""
+    return _lifecycle.subscribe_shutdown()
+
+
+def wait_for(pollables: List[Any]) -> Optional[int]:
+    """Waits until one of the job's own ``pollables`` is ready (a socket, a stream, a
+    timer), or the runner asks the job to stop, whichever comes first: the index of a
+    ready pollable, or ``None`` for the stop request (which wins when both are ready).
+    How a worker waits for its next piece of work without making a stop wait."""
+    stop = _lifecycle.subscribe_shutdown()
+    ready = _poll.poll(list(pollables) + [stop])
+    if shutdown_requested():
+        return None
+    return next((index for index in ready if index < len(pollables)), None)
 
 
 def sleep(seconds: float) -> bool:
@@ -361,6 +382,7 @@ class Ctx:
         self._ended: List[Any] = []
         self._open = False
         self._stopped = False
+        self._saved = False
         raw = _checkpoint.load()
         self.resumed = raw is not None
         if raw is None:
@@ -448,6 +470,7 @@ class Ctx:
             )
         _save_bytes(data.encode())
         self._last_save = time.monotonic()
+        self._saved = True
 
     def checkpoint(self) -> None:
         """Saves the state now; durable when it returns. Inside a :meth:`batch` loop it
@@ -469,8 +492,18 @@ class Ctx:
         return True
 
     def suspend(self) -> str:
-        """Saves the state and returns :data:`SUSPENDED`, for ``return ctx.suspend()``."""
-        self.checkpoint()
+        """Saves the state and returns :data:`SUSPENDED`, for ``return ctx.suspend()``. A
+        job with nothing to save (a stateless worker: no checkpoint, no batch, an empty
+        state) saves nothing, and the runner says so rather than that a state is saved."""
+        nothing = (
+            not self.resumed
+            and not self._saved
+            and not self._open
+            and not self._ended
+            and self.state in (None, {})
+        )
+        if not nothing:
+            self.checkpoint()
         return SUSPENDED
 
     def batch(

@@ -50,7 +50,7 @@ impl Checkpoints {
                 for (mut record, done) in commits {
                     let committed = commit(&*store, output.as_ref(), &mut record);
                     if matches!(committed, Ok(()) | Err(StoreError::NotDurable(_))) {
-                        status.checkpointed(record.sequence);
+                        status.committed(record.sequence);
                     }
                     // The job may have been stopped meanwhile: nobody waits any more.
                     let _ = done.send((record, committed));

@@ -42,6 +42,17 @@ def run(ctx):
                 out.write(f"{line}\n")
                 first = line if first is None else first
                 runner_job.sleep(max(0.0, start + 0.003 * (line + 1 - first) - time.monotonic()))
+    elif mode == "wait-for":
+        # As the Rust job's: a 50 ms timer, then an hour's, which the stop cuts short.
+        from wit_world.imports import monotonic_clock
+
+        def woke(index):
+            print("woken by the stop request" if index is None else f"woken by pollable {index}", flush=True)
+
+        woke(runner_job.wait_for([monotonic_clock.subscribe_duration(50_000_000)]))
+        ready()
+        woke(runner_job.wait_for([monotonic_clock.subscribe_duration(3_600_000_000_000)]))
+        return ctx.suspend()
     elif mode == "exit":
         # `sys.exit(ARG)`, with ARG a number or a message.
         sys.exit(int(args[0]) if args[0].lstrip("-").isdigit() else args[0])

@@ -265,6 +265,21 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             }
             Ok(Outcome::Completed)
         }
+        // Waits on a timer of 50 ms with `wait_for`, then (after `ready`) on one of an
+        // hour, which only the stop request cuts short; says what woke it each time.
+        "wait-for" => {
+            use guest_sdk::__private::wasi::clocks::monotonic_clock::subscribe_duration;
+            let woke = |woken: Option<usize>| match woken {
+                Some(index) => println!("woken by pollable {index}"),
+                None => println!("woken by the stop request"),
+            };
+            woke(guest_sdk::wait_for(&[&subscribe_duration(50_000_000)]));
+            ready();
+            woke(guest_sdk::wait_for(&[&subscribe_duration(
+                3_600_000_000_000,
+            )]));
+            ctx.suspend()
+        }
         // Reads the file ARG and prints its length.
         "read" => {
             let path = arg.unwrap_or_default();
