@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use test_guests::WORKER;
@@ -46,6 +46,18 @@ fn results(queue: &Path) -> Vec<(String, String)> {
     results
 }
 
+/// `worker.wasm /queue ARGS` with `queue` as `/queue`.
+fn worker(sandbox: &Sandbox, queue: &Path, args: &[&str]) -> Command {
+    let mut command = sandbox.runner();
+    command
+        .arg("--dir")
+        .arg(format!("{}::/queue", queue.display()))
+        .args([WORKER, "/queue"])
+        .args(args);
+    command
+}
+
+/// A queue directory with its three folders.
 fn queue(sandbox: &Sandbox) -> std::path::PathBuf {
     let queue = sandbox.path().join("queue");
     for dir in ["inbox", "work", "done"] {
@@ -62,14 +74,7 @@ fn a_worker_handles_messages_until_stopped_and_saves_nothing() {
     let queue = queue(&sandbox);
     send(&queue, "001", "first");
     send(&queue, "002", "second");
-    let running = Running::start(
-        sandbox
-            .runner()
-            .arg("--dir")
-            .arg(format!("{}::/queue", queue.display()))
-            .args([WORKER, "/queue"]),
-        Stdio::null(),
-    );
+    let running = Running::start(&mut worker(&sandbox, &queue, &[]), Stdio::null());
     running.wait_for_line("handled 002");
     send(&queue, "003", "third");
     running.wait_for_line("handled 003");
@@ -105,14 +110,7 @@ fn a_worker_finishes_the_message_it_holds_and_drains_on_request() {
     for n in 1..=20 {
         send(&queue, &format!("{n:03}"), &format!("message {n}"));
     }
-    let running = Running::start(
-        sandbox
-            .runner()
-            .arg("--dir")
-            .arg(format!("{}::/queue", queue.display()))
-            .args([WORKER, "/queue"]),
-        Stdio::null(),
-    );
+    let running = Running::start(&mut worker(&sandbox, &queue, &[]), Stdio::null());
     running.wait_for_line("handled 001");
     // Each message takes 200 ms: the stop comes while one is in hand.
     wait_until("a message in hand", || {
@@ -126,11 +124,7 @@ fn a_worker_finishes_the_message_it_holds_and_drains_on_request() {
 
     // A message a killed run had claimed.
     fs::rename(queue.join("inbox/020"), queue.join("work/020")).expect("claim");
-    let drained = run(sandbox
-        .runner()
-        .arg("--dir")
-        .arg(format!("{}::/queue", queue.display()))
-        .args([WORKER, "/queue", "--drain"]));
+    let drained = run(&mut worker(&sandbox, &queue, &["--drain"]));
     drained.assert_code(0);
     let results = results(&queue);
     assert_eq!(results.len(), 20, "{results:?}");
