@@ -161,13 +161,14 @@ static SPINNER: Mutex<Option<ProgressBar>> = Mutex::new(None);
 pub struct Activity(Option<ProgressBar>);
 
 impl Activity {
-    /// Starts showing `message`.
-    pub fn start(message: String) -> Activity {
+    /// Starts showing `message`, for a step that began `elapsed` ago.
+    pub fn start(message: String, elapsed: Duration) -> Activity {
         if !bar_allowed() {
             say!("{message}");
             return Activity(None);
         }
-        let spinner = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let spinner =
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()).with_elapsed(elapsed);
         if let Ok(style) = ProgressStyle::with_template("runner: {spinner} {msg} ({elapsed})") {
             spinner.set_style(style);
         }

@@ -149,7 +149,7 @@ impl Run {
             let compiled = match tokio::time::timeout(SLOW_COMPILE, &mut compiling).await {
                 Ok(compiled) => compiled,
                 Err(_) => {
-                    let activity = Activity::start(message);
+                    let activity = Activity::start(message, started.elapsed());
                     let compiled = compiling.await;
                     drop(activity);
                     if let Ok(Ok(_)) = compiled {
