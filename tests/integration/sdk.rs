@@ -393,3 +393,38 @@ fn wait_for_wakes_on_a_ready_pollable_or_the_stop_request() {
         }
     }
 }
+
+/// `ctx.output` (Rust, Python) appends to a file of the output directory, making its
+/// parent directories; a path that leaves the directory, or a job run without one, is
+/// an error that says so.
+#[test]
+fn ctx_output_writes_inside_the_output_directory_only() {
+    for job in [TESTJOB, PYTHON_TESTJOB] {
+        let sandbox = Sandbox::new();
+        let output = |args: &[&str]| {
+            let mut command = sandbox.runner();
+            command
+                .arg("--start-over")
+                .arg("--output")
+                .arg(sandbox.output_dir())
+                .args([job, "output"])
+                .args(args);
+            run(&mut command)
+        };
+        output(&["results/first.txt", "one"]).assert_code(0);
+        assert_eq!(
+            fs::read_to_string(sandbox.output_dir().join("results/first.txt")).expect("read"),
+            "one\n"
+        );
+        for bad in ["../escape.txt", "/abs.txt", "a/../../b"] {
+            output(&[bad, "x"])
+                .assert_code(1)
+                .assert_stderr("is not a path inside the output directory");
+        }
+        run(sandbox
+            .runner()
+            .args(["--job-id", "no-output", job, "output", "x.txt", "x"]))
+        .assert_code(1)
+        .assert_stderr("the job has no output directory: run it with `runner --output DIR`");
+    }
+}

@@ -42,6 +42,11 @@ def run(ctx):
                 out.write(f"{line}\n")
                 first = line if first is None else first
                 runner_job.sleep(max(0.0, start + 0.003 * (line + 1 - first) - time.monotonic()))
+    elif mode == "output":
+        # Appends ARG2 and a line break to ARG in the output directory, through
+        # `ctx.output`, and completes.
+        with ctx.output(args[0]) as out:
+            out.write(args[1] + "\n")
     elif mode == "wait-for":
         # As the Rust job's: a 50 ms timer, then an hour's, which the stop cuts short.
         from wit_world.imports import monotonic_clock

@@ -280,6 +280,13 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             )]));
             ctx.suspend()
         }
+        // Appends ARG2 and a line break to ARG in the output directory, through
+        // `ctx.output`, and completes.
+        "output" => {
+            let mut out = ctx.output(arg.as_deref().unwrap_or_default())?;
+            writeln!(out, "{}", arg2.unwrap_or_default())?;
+            Ok(Outcome::Completed)
+        }
         // Reads the file ARG and prints its length.
         "read" => {
             let path = arg.unwrap_or_default();
