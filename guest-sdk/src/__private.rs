@@ -51,6 +51,10 @@ where
 {
     let mut ctx = Ctx::load(format!("rust:{crate_name}")).map_err(|error| format!("{error:#}"))?;
     let result = job(&mut ctx).into_run_result();
+    // Whatever the job returned, output it wrote is lost: the run fails.
+    if let Some(lost) = crate::output::lost() {
+        return Err(format!("cannot write {lost}"));
+    }
     if matches!(result, Ok(Outcome::Completed)) && ctx.stopped() {
         // A loop that dropped the batch's `Stopped` (`.flatten()`, `let Ok(..) else`)
         // ended early: the work is not done, and the state saved with the batch's place

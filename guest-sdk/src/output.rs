@@ -1,7 +1,7 @@
 //! The job's output files: appended to through a buffer the SDK owns, and flushed before
 //! every save, so that what a checkpoint records is what the job wrote.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Component, Path, PathBuf};
@@ -49,8 +49,11 @@ struct Open {
 thread_local! {
     /// Every output file the job has open, for the flush before each save.
     static OPEN: RefCell<Vec<Weak<RefCell<Open>>>> = const { RefCell::new(Vec::new()) };
-    /// Why a flush when an output was dropped failed, for the end of the run.
+    /// Why a flush when an output was dropped failed: every later save fails with it,
+    /// and so does the run.
     static LOST: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether the job opened an output file in this run.
+    static OPENED: Cell<bool> = const { Cell::new(false) };
 }
 
 impl Output {
@@ -88,6 +91,7 @@ impl Output {
             open.retain(|file| file.strong_count() > 0);
             open.push(Rc::downgrade(&file));
         });
+        OPENED.set(true);
         Ok(Output { file })
     }
 }
@@ -116,7 +120,8 @@ impl Open {
 }
 
 impl Drop for Output {
-    /// Flushes what is buffered; a failure is kept, and fails the run when it ends.
+    /// Flushes what is buffered; a failure is kept: every later save fails with it, and
+    /// so does the run.
     fn drop(&mut self) {
         if let Err(error) = self.file.borrow_mut().flush() {
             LOST.with_borrow_mut(|lost| {
@@ -126,10 +131,17 @@ impl Drop for Output {
     }
 }
 
-/// Flushes every open output file, before a save records their lengths; and says if an
-/// output dropped earlier could not be flushed.
+/// Whether the job opened an output file in this run: then a save records the output,
+/// and there is something to save.
+pub(crate) fn any_opened() -> bool {
+    OPENED.get()
+}
+
+/// Flushes every open output file, before a save records their lengths; fails, for good,
+/// once an output dropped earlier could not be flushed: bytes the job wrote are lost,
+/// and no later save may record a state past them.
 pub(crate) fn flush_all() -> io::Result<()> {
-    if let Some(lost) = LOST.with_borrow_mut(Option::take) {
+    if let Some(lost) = LOST.with_borrow(Clone::clone) {
         return Err(io::Error::other(lost));
     }
     let open: Vec<_> = OPEN.with_borrow(|open| open.iter().filter_map(Weak::upgrade).collect());
@@ -137,4 +149,9 @@ pub(crate) fn flush_all() -> io::Result<()> {
         file.borrow_mut().flush()?;
     }
     Ok(())
+}
+
+/// Why an output dropped in this run could not be flushed, if one could not.
+pub(crate) fn lost() -> Option<String> {
+    LOST.with_borrow(Clone::clone)
 }

@@ -126,19 +126,25 @@ impl<S> Shared<S> {
     }
 
     /// Whether the job has nothing to save: it never had a checkpoint, has not saved in
-    /// this run, runs no batch and has none behind it, and its state is empty (`()`, or
-    /// an empty JSON object). A stateless worker's suspend saves nothing.
+    /// this run, opened no output file (a save records the output), runs no batch and
+    /// has none behind it, and its state is empty (`()`, or an empty JSON object). A
+    /// stateless worker's suspend saves nothing.
     pub(crate) fn nothing_to_save(&self) -> bool
     where
         S: Serialize,
     {
         let book = self.book.borrow();
-        let empty = serde_json::to_value(&*self.state.borrow()).is_ok_and(|value| match value {
+        if book.resumed || book.saved || book.open || !book.ended.is_empty() {
+            return false;
+        }
+        if crate::output::any_opened() {
+            return false;
+        }
+        serde_json::to_value(&*self.state.borrow()).is_ok_and(|value| match value {
             Value::Null => true,
             Value::Object(fields) => fields.is_empty(),
             _ => false,
-        });
-        empty && !book.resumed && !book.saved && !book.open && book.ended.is_empty()
+        })
     }
 
     /// Time since the last save.

@@ -85,15 +85,20 @@ impl Run {
             return release(&*store, Ok(done)).await;
         }
         let outcome = async {
-            // The compile goes on in its thread, and ends with the process.
-            let job = tokio::select! {
-                biased;
-                reason = self.shutdown.forced() => return Ok(Outcome::Forced(reason)),
-                () = self.shutdown.requested() => {
-                    say!("not starting the job: the stop came while it compiled");
-                    return Ok(Outcome::NotStarted);
+            // The compile goes on in its thread, and ends with the process. One that has
+            // ended counts first: a job file that does not load is an error, stop or not.
+            let job = if compile.is_finished() {
+                compile.await.context("compiling the job panicked")?
+            } else {
+                tokio::select! {
+                    biased;
+                    reason = self.shutdown.forced() => return Ok(Outcome::Forced(reason)),
+                    () = self.shutdown.requested() => {
+                        say!("not starting the job: the stop came while it compiled");
+                        return Ok(Outcome::NotStarted);
+                    }
+                    compiled = compile => compiled.context("compiling the job panicked")?,
                 }
-                compiled = compile => compiled.context("compiling the job panicked")?,
             };
             let job = match job {
                 Ok(job) => job,

@@ -222,6 +222,18 @@ fn a_completed_job_is_not_run_again_until_it_starts_over() {
         "{summary}"
     );
 
+    // Its output is the job's no more: a later step may take it away, and a rerun, with
+    // or without --output, still only says that the job completed.
+    fs::rename(&out, sandbox.path().join("taken.txt")).expect("take out.txt");
+    run(&mut sandbox.sequence(LINES))
+        .assert_code(0)
+        .assert_stderr("not running it again");
+    run(sandbox
+        .runner()
+        .args([test_guests::SEQUENCE, &LINES.to_string()]))
+    .assert_code(0)
+    .assert_stderr("not running it again");
+
     let again = run(sandbox
         .runner()
         .arg("--start-over")

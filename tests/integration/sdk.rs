@@ -428,3 +428,33 @@ fn ctx_output_writes_inside_the_output_directory_only() {
         .assert_stderr("the job has no output directory: run it with `runner --output DIR`");
     }
 }
+
+/// A stateless job that wrote output saves when it suspends (its output is recorded, and
+/// kept by the next run), rather than saving nothing.
+#[test]
+fn a_stateless_job_with_output_saves_when_it_suspends() {
+    let sandbox = Sandbox::new();
+    let running = Running::start(
+        sandbox
+            .runner()
+            .arg("--output")
+            .arg(sandbox.output_dir())
+            .args([PYTHON_TESTJOB, "output-wait"]),
+        Stdio::null(),
+    );
+    running.wait_for_line("ready");
+    running.signal(SIGTERM);
+    let stopped = running.wait();
+    stopped.assert_code(75);
+    assert!(
+        !stopped.stderr.contains("saved no state"),
+        "{}",
+        stopped.stderr
+    );
+    let record = sandbox.checkpoint("python-testjob").expect("a checkpoint");
+    assert_eq!(record.outputs.len(), 1, "{record:?}");
+    assert_eq!(
+        record.outputs[0].len,
+        "written before the stop\n".len() as u64
+    );
+}

@@ -114,16 +114,16 @@ fn a_worker_finishes_the_message_it_holds_and_drains_on_request() {
     running.wait_for_line("handled 001");
     // Each message takes 200 ms: the stop comes while one is in hand.
     wait_until("a message in hand", || {
-        (fs::read_dir(queue.join("work")).ok()?.count() > 0).then_some(())
+        (fs::read_dir(queue.join("work/0")).ok()?.count() > 0).then_some(())
     });
     running.signal(SIGTERM);
     running.wait().assert_code(75);
-    assert_eq!(fs::read_dir(queue.join("work")).expect("work").count(), 0);
+    assert_eq!(fs::read_dir(queue.join("work/0")).expect("work").count(), 0);
     let handled = results(&queue).len();
     assert!((2..20).contains(&handled), "{handled} handled");
 
     // A message a killed run had claimed.
-    fs::rename(queue.join("inbox/020"), queue.join("work/020")).expect("claim");
+    fs::rename(queue.join("inbox/020"), queue.join("work/0/020")).expect("claim");
     let drained = run(&mut worker(&sandbox, &queue, &["--drain"]));
     drained.assert_code(0);
     let results = results(&queue);

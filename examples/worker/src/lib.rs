@@ -2,11 +2,13 @@
 //! files (give it with `runner --dir HOST::/queue worker.wasm /queue`).
 //!
 //! Producers put each message into `QUEUE/inbox/` whole (written elsewhere, then
-//! renamed in). The worker claims the oldest by renaming it into `QUEUE/work/`, handles
-//! it (here: its text in upper case), writes the result to `QUEUE/done/` (through a
-//! temporary file and a rename, so a result is whole or absent), and removes the claim.
-//! A message it finds in `work/` when it starts was claimed by a run that was killed: it
-//! handles it again, which writes the same result.
+//! renamed in). The worker claims the oldest by renaming it into `QUEUE/work/ID/` (ID is
+//! `$WORKER_ID`, `0` if unset: give each worker sharing the queue its own, with
+//! `runner --env WORKER_ID=...`), handles it (here: its text in upper case), writes the
+//! result to `QUEUE/done/` (through a temporary file and a rename, so a result is whole
+//! or absent), and removes the claim. A message it finds in its own `work/ID/` when it
+//! starts was claimed by a run of it that was killed: it handles it again, which writes
+//! the same result.
 //!
 //! When the runner asks it to stop, it finishes the message it holds and returns
 //! `Suspended` (the runner exits 75): stopped before the work was done, run it again.
@@ -33,7 +35,9 @@ fn worker(ctx: &mut Ctx) -> Result<Outcome> {
             .ok_or_else(|| anyhow!("usage: worker.wasm QUEUE [--drain]"))?,
     );
     let drain = args.next().as_deref() == Some("--drain");
+    let id = std::env::var("WORKER_ID").unwrap_or_else(|_| "0".to_owned());
     let [inbox, work, done] = ["inbox", "work", "done"].map(|name| queue.join(name));
+    let work = work.join(id);
     for dir in [&inbox, &work, &done] {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -90,7 +94,7 @@ fn handle(work: &Path, done: &Path, name: &str) -> Result<()> {
         fs::read_to_string(&claimed).with_context(|| format!("cannot read message {name}"))?;
     // The work itself: a stand-in that takes a moment.
     std::thread::sleep(Duration::from_millis(200));
-    let temporary = done.join(format!(".{name}.tmp"));
+    let temporary = work.join(format!(".{name}.result"));
     fs::write(&temporary, text.to_uppercase())
         .and_then(|()| fs::rename(&temporary, done.join(name)))
         .with_context(|| format!("cannot write the result of {name}"))?;

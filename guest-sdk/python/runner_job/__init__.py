@@ -180,11 +180,20 @@ def exit(code: int) -> None:
 
 #: Every file open for writing in the output directory: flushed before each save.
 _outputs: "weakref.WeakSet[Any]" = weakref.WeakSet()
+#: Whether the job opened one in this run: then a save records the output.
+_opened_output = False
+
+
+def _track(file: Any) -> None:
+    global _opened_output
+    _outputs.add(file)
+    _opened_output = True
 
 
 def _output_dir() -> Optional[str]:
-    out = os.environ.get("RUNNER_OUTPUT_DIR")
-    return os.path.abspath(out) if out else None
+    """The output directory as the job sees it (``--output``'s guest path, which may be
+    relative), or ``None``."""
+    return os.environ.get("RUNNER_OUTPUT_DIR") or None
 
 
 def _watch_open() -> None:
@@ -195,6 +204,8 @@ def _watch_open() -> None:
     out = _output_dir()
     if out is None or getattr(builtins.open, "_runner_job", False):
         return
+    # Compared as absolute paths, as the strings they are.
+    out = os.path.abspath(out)
     original = builtins.open
 
     def open(file, mode="r", *args, **kwargs):  # noqa: A001 (it is the point)
@@ -202,7 +213,7 @@ def _watch_open() -> None:
         if isinstance(file, (str, bytes, PathLike)) and any(c in mode for c in "wax+"):
             path = os.path.abspath(os.fsdecode(file))
             if path.startswith(out + os.sep):
-                _outputs.add(opened)
+                _track(opened)
         return opened
 
     open._runner_job = True  # type: ignore[attr-defined]
@@ -215,10 +226,13 @@ def _flush_outputs() -> None:
     """Flushes every file open for writing in the output directory, so that a save
     records everything written before it."""
     for file in list(_outputs):
-        if file.closed:
-            continue
         try:
+            if file.closed:
+                continue
             file.flush()
+        except ValueError:
+            # A wrapper whose buffer was detached: what it wrote is its new owner's.
+            continue
         except OSError as error:
             raise CheckpointError(
                 "io", f"cannot write output `{getattr(file, 'name', file)}`: {error}"
@@ -414,14 +428,16 @@ class Ctx:
         before every save (a batch's own, :meth:`checkpoint`, :meth:`suspend`) and when
         the job completes, so each checkpoint records what was written before it, and a
         resumed run goes on where it left off. Text (UTF-8) unless ``binary``; parent
-        directories are created. A file opened with ``open`` in the output directory is
-        flushed the same way; this finds the directory for you."""
+        directories are created. A file opened with ``open`` in the output directory while
+        the job runs is flushed the same way; this finds the directory for you. A
+        writer with a buffer of its own over such a file (``gzip.open``, a wrapper made
+        with ``io.TextIOWrapper``) is not: flush or close it before each save."""
         out = _output_dir()
         if out is None:
             raise RuntimeError(
                 "the job has no output directory: run it with `runner --output DIR`"
             )
-        relative = os.fspath(path)
+        relative = os.fsdecode(path)
         parts = relative.replace(os.sep, "/").split("/")
         if os.path.isabs(relative) or any(part in ("", ".", "..") for part in parts):
             raise ValueError(
@@ -429,12 +445,14 @@ class Ctx:
                 "relative path without '..')"
             )
         full = os.path.join(out, relative)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
+        parent = os.path.dirname(full)
+        if os.path.normpath(parent) != os.path.normpath(out):
+            os.makedirs(parent, exist_ok=True)
         if binary:
             file = open(full, "ab")
         else:
             file = open(full, "a", encoding="utf-8")
-        _outputs.add(file)
+        _track(file)
         return file
 
     def should_stop(self) -> bool:
@@ -500,6 +518,7 @@ class Ctx:
             and not self._saved
             and not self._open
             and not self._ended
+            and not _opened_output
             and self.state in (None, {})
         )
         if not nothing:

@@ -247,6 +247,16 @@ pub(crate) fn restore(
     job_id: &JobId,
     start_over: bool,
 ) -> Result<()> {
+    // A completed job is not run again: its output is left as it is, whatever happened
+    // to it since (a later step may have moved its files), and with or without --output.
+    if !start_over
+        && loaded
+            .record
+            .as_ref()
+            .is_some_and(|record| record.completed)
+    {
+        return Ok(());
+    }
     let tracked = loaded
         .record
         .as_ref()

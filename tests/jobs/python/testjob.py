@@ -47,6 +47,14 @@ def run(ctx):
         # `ctx.output`, and completes.
         with ctx.output(args[0]) as out:
             out.write(args[1] + "\n")
+    elif mode == "output-wait":
+        # A stateless job that writes a line through `ctx.output`, waits for the stop
+        # request and suspends: its suspend must save, to record the output.
+        with ctx.output("out.txt") as out:
+            out.write("written before the stop\n")
+            ready()
+            runner_job.wait_for_shutdown()
+        return ctx.suspend()
     elif mode == "wait-for":
         # As the Rust job's: a 50 ms timer, then an hour's, which the stop cuts short.
         from wit_world.imports import monotonic_clock
