@@ -504,15 +504,20 @@ fn a_job_file_that_cannot_run_leaves_no_state() {
         assert!(!sandbox.job_dir(&stem).exists(), "{stem} left state");
     }
 
-    // A job with checkpoints keeps them when a file that does not load runs as it.
-    run(&mut sandbox.sequence(10)).assert_code(0);
-    let before = sandbox.checkpoint("sequence").expect("a checkpoint");
+    // A job with checkpoints (suspended, not completed: a completed job is not run, nor
+    // its file loaded) keeps them when a file that does not load runs as it.
+    let saving = Running::start(sandbox.runner().args([TESTJOB, "wait"]), Stdio::null());
+    saving.wait_for_line("ready");
+    saving.signal(SIGTERM);
+    saving.wait().assert_code(75);
+    let before = sandbox.checkpoint("testjob").expect("a checkpoint");
     run(sandbox
         .runner()
-        .args(["--job-id", "sequence"])
+        .args(["--job-id", "testjob"])
         .arg(sandbox.path().join("truncated.wasm")))
-    .assert_code(2);
-    assert_eq!(sandbox.checkpoint("sequence"), Some(before));
+    .assert_code(2)
+    .assert_stderr("is not a valid component");
+    assert_eq!(sandbox.checkpoint("testjob"), Some(before));
 }
 
 /// `s3://` state without credentials says so, rather than only reporting a failed request
