@@ -113,11 +113,12 @@ pub fn shutdown_pollable() -> Pollable {
 /// returns.
 ///
 /// ```no_run
-/// # fn next_message_ready() -> guest_sdk::Pollable { unimplemented!() }
-/// let message = next_message_ready();
-/// match guest_sdk::wait_for(&[&message]) {
-///     Some(_) => { /* take the message and handle it */ }
-///     None => { /* asked to stop: return */ }
+/// // `message` becomes ready when a message can be read (a socket's, a stream's).
+/// fn next(message: &guest_sdk::Pollable) -> bool {
+///     match guest_sdk::wait_for(&[message]) {
+///         Some(_) => true, // take the message and handle it
+///         None => false,   // asked to stop: return
+///     }
 /// }
 /// ```
 pub fn wait_for(pollables: &[&Pollable]) -> Option<usize> {
