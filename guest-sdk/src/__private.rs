@@ -68,8 +68,14 @@ where
     if matches!(result, Ok(Outcome::Completed)) {
         // The final state and what the job wrote since its last save, which the runner's
         // record of the completion keeps. A state that cannot be saved (too large, not
-        // JSON) leaves the last saved one; the output is flushed all the same.
-        match ctx.checkpoint() {
+        // JSON) leaves the last saved one; the output is flushed all the same. A
+        // stateless job has no state to save.
+        let saved = if ctx.nothing_to_save() {
+            Ok(())
+        } else {
+            ctx.checkpoint()
+        };
+        match saved {
             Ok(()) => {}
             Err(CheckpointError::TooLarge(_) | CheckpointError::Encoding(_)) => {
                 crate::output::flush_all().map_err(|error| format!("cannot write {error}"))?;

@@ -180,7 +180,7 @@ impl<S: State> Ctx<S> {
     /// ```
     pub fn suspend(&mut self) -> Result<Outcome> {
         // A stateless job (a worker with `Ctx<()>`) has nothing to save, and says so.
-        if !self.shared.nothing_to_save() {
+        if !self.nothing_to_save() {
             self.checkpoint()?;
         }
         Ok(Outcome::Suspended)
@@ -246,6 +246,11 @@ impl<S: State> Ctx<S> {
     /// ```
     pub fn output(&self, path: &str) -> std::io::Result<Output> {
         Output::open(path)
+    }
+
+    /// Whether the job has nothing to save (a stateless job).
+    pub(crate) fn nothing_to_save(&self) -> bool {
+        self.shared.nothing_to_save()
     }
 
     /// Whether a batch of this run stopped on the runner's request.

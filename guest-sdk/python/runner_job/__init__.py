@@ -513,7 +513,14 @@ class Ctx:
         """Saves the state and returns :data:`SUSPENDED`, for ``return ctx.suspend()``. A
         job with nothing to save (a stateless worker: no checkpoint, no batch, an empty
         state) saves nothing, and the runner says so rather than that a state is saved."""
-        nothing = (
+        if not self._nothing_to_save():
+            self.checkpoint()
+        return SUSPENDED
+
+    def _nothing_to_save(self) -> bool:
+        """Whether the job is stateless: no checkpoint, no save in this run, no output
+        opened (a save records the output), no batch, and an empty state."""
+        return (
             not self.resumed
             and not self._saved
             and not self._open
@@ -521,9 +528,6 @@ class Ctx:
             and not _opened_output
             and self.state in (None, {})
         )
-        if not nothing:
-            self.checkpoint()
-        return SUSPENDED
 
     def batch(
         self,
@@ -641,7 +645,7 @@ def _world(function: Callable[[Ctx], Any], state_type: Optional[type]):
                 _watch_open()
                 ctx = Ctx(state_type, f"python:{function.__module__}")
                 outcome = function(ctx)
-                if outcome in (None, COMPLETED) and not ctx._stopped:
+                if outcome in (None, COMPLETED) and not ctx._stopped and not ctx._nothing_to_save():
                     # The final state and what the job wrote since its last save, which
                     # the runner's record of the completion keeps. A state that cannot be
                     # saved (too large, not JSON) leaves the last saved one.
