@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""The runner's benchmark: measures the runner beside `wasmtime run` and native code, in
-one run on one machine, and writes the figures to a Markdown file (BENCHMARKS.md).
+"""The runner's benchmark: measures the runner beside `wasmtime run` and native code, and
+beside another build of itself (the baseline), in one run on one machine, and writes the
+figures to a Markdown file (BENCHMARKS.md).
 
-Run it through `bash bench/run`, which builds everything this needs and installs the
-peers. Sections (all by default; pick some with --only):
+Run it through `bash bench/run`, which builds everything this needs (the baseline runner
+at a given commit included) and installs the peers. Sections (all by default; pick some
+with --only):
 
   start    spawn -> the first byte of the job's output, spawn -> exit, and peak RSS, for a
            hello-world wasi:cli/command: runner first run, cached, precompiled; wasmtime
@@ -16,17 +18,25 @@ peers. Sections (all by default; pick some with --only):
            the signal was sent plus --grace.
   compute  primes (hyperfine): the example job under the runner, the same counting code
            as a plain command under the runner and under wasmtime run with epoch
-           interruption on and off, and built natively.
+           interruption on and off, and built natively. Current build only, once.
   commit   checkpoint commit latency as the job sees it, against the raw protocol
            (write, fsync, rename, directory fsync) done by a native program, in the same
            directory.
   s3       checkpoint commit latency with the state in a bucket of s3s-fs (an
            S3-compatible server, on loopback), against the local store, alternated.
-  python   a Python job's start: first run, cached, precompiled.
+  python   a Python job's start: first run, cached, precompiled; and a Python command's
+           cached start under the runner and under `wasmtime run`.
   container the image deploy/build-image builds (static release runner, primes), run by
            runc with a bind-mounted state directory: `runc kill ID TERM` -> `runc run`
            has exited (75, the job suspended), once the job has saved a checkpoint; and
            the sizes of the static runner and of the image.
+
+Every section but compute runs --repetitions times (3 by default), the repetitions of
+all sections taking turns; within one, the current and the baseline build take turns
+trial by trial. The report gives each figure as the median of its repetitions and their
+min-max, the current build beside the baseline with their ratio, and marks a figure
+worse or better only when the two builds' repetitions do not overlap and differ by more
+than their own spread (see `verdict`).
 
 Children run without RUST_BACKTRACE, as in production (it slows every trap path).
 """
@@ -48,10 +58,17 @@ import time
 
 TMPFS_ROW = "runner, cached, state directory on tmpfs (no fsync cost; for comparison)"
 NODIVL_ROW = "native, with LLVM's 32-bit division fast path off (`-C target-feature=-idivq-to-divl`)"
+FIRST_ROW = "runner, first run (compiles, fills the cache)"
+CACHED_ROW = "runner, cached"
+PRECOMPILED_ROW = "runner, precompiled (`runner compile`)"
 SECTIONS = ["start", "request", "deadline", "compute", "commit", "s3", "python", "container"]
 CONTAINER_USER = 65532
 KIB = 1024
 MIB = 1024 * 1024
+# The peers (wasmtime run, native programs) are measured once, beside the current build.
+PEER = "peer"
+# A figure is marked worse or better only if it moved by more than this too.
+FLOOR = 0.02
 
 
 # ---------------------------------------------------------------------------- statistics
@@ -80,8 +97,38 @@ def fmt(value, digits=2):
     return f"{value:.{digits}f}"
 
 
-def spread(s, digits=2):
-    return f"{fmt(s['median'], digits)} ({fmt(s['p25'], digits)}–{fmt(s['p75'], digits)}; {fmt(s['min'], digits)}–{fmt(s['max'], digits)})"
+def ratio(a, b):
+    return a / b if b else float("nan")
+
+
+def of_reps(summaries, stat):
+    """One figure (`stat` of each repetition's samples) over the repetitions."""
+    return [s[stat] for s in summaries]
+
+
+def rep_cell(values, digits=2):
+    """The median of a figure's repetitions, and their min-max if there are several."""
+    if len(values) == 1:
+        return fmt(values[0], digits)
+    return f"{fmt(statistics.median(values), digits)} ({fmt(min(values), digits)}–{fmt(max(values), digits)})"
+
+
+def verdict(current, baseline):
+    """`worse`, `better` or `same` for a figure where more is worse, from its values in
+    each repetition of the two builds. Worse only when every repetition of the current
+    build is worse than every repetition of the baseline (with three each, chance alone
+    does that one time in twenty) and the medians differ by more than the larger of the
+    two builds' own spread over the repetitions and by more than FLOOR; better likewise."""
+    if len(current) < 2 or len(baseline) < 2:
+        return "same"
+    spread = max(max(current) - min(current), max(baseline) - min(baseline))
+    diff = statistics.median(current) - statistics.median(baseline)
+    bound = max(spread, FLOOR * statistics.median(baseline))
+    if min(current) > max(baseline) and diff > bound:
+        return "worse"
+    if max(current) < min(baseline) and -diff > bound:
+        return "better"
+    return "same"
 
 
 # ---------------------------------------------------------------------------- processes
@@ -124,6 +171,51 @@ def run_quiet(argv, env=None):
     return result.stdout
 
 
+def parse_commits(output):
+    line = next(line for line in output.splitlines() if line.startswith("commit_ns"))
+    return [int(value) / 1e6 for value in line.split()[1:]]
+
+
+def wait_listening(port):
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                sys.exit("bench: s3s-fs did not listen within 30 s")
+            time.sleep(0.01)
+
+
+# ---------------------------------------------------------------------------- builds
+
+
+class Build:
+    """One runner build under measure: its binaries and its own state and cache."""
+
+    def __init__(self, name, runner, static_runner, image_layout, revision, work):
+        self.name = name
+        self.runner = runner
+        self.static_runner = static_runner
+        self.image_layout = image_layout
+        self.revision = revision
+        self.work = os.path.join(work, name)
+        self.state = os.path.join(self.work, "state")
+        self.cache = os.path.join(self.work, "cache")
+
+    def run(self, *args, state=None):
+        return [self.runner, "--state-dir", state or self.state, *args]
+
+    def cached(self, *args):
+        return self.run("--cache-dir", self.cache, *args)
+
+
+def turns(builds, trial):
+    """The builds in the order of one trial: alternating, so that neither always goes first."""
+    return builds if trial % 2 == 0 else builds[::-1]
+
+
 # ---------------------------------------------------------------------------- sections
 
 
@@ -133,11 +225,26 @@ class Bench:
         self.work = os.path.abspath(args.work)
         self.env = child_env()
         self.stderr = os.path.join(self.work, "stderr.txt")
-        self.results = {}
+        # section -> row -> build name (or PEER) -> metric -> [summary of each repetition]
+        self.data = {}
+        self.extra = {}
         self.wasmtime_cache_config = os.path.join(self.work, "wasmtime-cache.toml")
+        self.builds = [
+            Build("current", args.runner, args.static_runner, args.image_layout, args.current_rev, self.work)
+        ]
+        if args.baseline_runner:
+            self.builds.append(
+                Build(
+                    "baseline", args.baseline_runner, args.baseline_static_runner, args.baseline_image_layout,
+                    args.baseline_rev, self.work,
+                )
+            )
+        self.current = self.builds[0]
+        self.prepared = set()
 
-    def runner(self, *args):
-        return [self.args.runner, "--state-dir", os.path.join(self.work, "state"), *args]
+    def add(self, section, row, build, metric, samples):
+        rows = self.data.setdefault(section, {})
+        rows.setdefault(row, {}).setdefault(build, {}).setdefault(metric, []).append(summary(samples))
 
     def wasmtime(self, *args, cache=True):
         if cache:
@@ -151,77 +258,90 @@ class Bench:
         if os.path.exists(self.work):
             shutil.rmtree(self.work)
         os.makedirs(self.work)
+        for build in self.builds:
+            os.makedirs(build.work)
         with open(self.wasmtime_cache_config, "w") as config:
             config.write(f'[cache]\ndirectory = "{os.path.join(self.work, "wasmtime-cache")}"\n')
 
+    def once(self, what):
+        """True the first time `what` is asked for: the preparations of a section."""
+        if what in self.prepared:
+            return False
+        self.prepared.add(what)
+        return True
+
     # -- start
 
-    def interleaved(self, variants, trials, expect):
-        """variants: name -> function(trial) returning argv. Runs trials round-robin."""
-        samples = {name: {"first": [], "exit": [], "rss": []} for name in variants}
+    def interleaved(self, section, variants, trials, expect):
+        """variants: (row, build) -> function(trial) returning argv. Runs trials
+        round-robin (in reverse order every other trial) and adds the samples."""
+        samples = {key: {"first": [], "exit": [], "rss": []} for key in variants}
+        keys = list(variants)
         for trial in range(trials):
-            for name, argv_for in variants.items():
-                first, exited, rss, output, code = spawn_timed(self.args.startup, argv_for(trial), self.env, self.stderr)
+            for key in turns(keys, trial):
+                first, exited, rss, output, code = spawn_timed(
+                    self.args.startup, variants[key](trial), self.env, self.stderr
+                )
                 if code != 0 or expect not in output:
                     with open(self.stderr, errors="replace") as err:
                         detail = err.read()[-2000:]
-                    sys.exit(f"bench: {name} exited {code} printing {output[:200]!r}; its stderr ends:\n{detail}")
-                samples[name]["first"].append(first)
-                samples[name]["exit"].append(exited)
-                samples[name]["rss"].append(rss / 1024)
-        return {
-            name: {key: summary(values) for key, values in kinds.items()} for name, kinds in samples.items()
-        }
+                    sys.exit(f"bench: {key} exited {code} printing {output[:200]!r}; its stderr ends:\n{detail}")
+                samples[key]["first"].append(first)
+                samples[key]["exit"].append(exited)
+                samples[key]["rss"].append(rss / 1024)
+        for (row, build), kinds in samples.items():
+            for metric, values in kinds.items():
+                self.add(section, row, build, metric, values)
 
-    def start(self):
+    def start(self, rep):
         hello, expect = self.args.hello, "hello"
         trials = self.args.start_trials
-        runner_cwasm = os.path.join(self.work, "hello-runner.cwasm")
         wasmtime_cwasm = os.path.join(self.work, "hello-wasmtime.cwasm")
-        run_quiet([self.args.runner, "compile", hello, "-o", runner_cwasm], self.env)
-        run_quiet([self.args.wasmtime, "compile", hello, "-o", wasmtime_cwasm], self.env)
-        cache = os.path.join(self.work, "runner-cache")
-        first_caches = os.path.join(self.work, "runner-cache-first")
-        # Fill both caches.
-        check_run(self.runner("--cache-dir", cache, hello), self.env, expect)
-        check_run(self.wasmtime(hello), self.env, expect)
-        compiling = {
-            "runner, first run (compiles, fills the cache)": lambda trial: self.runner(
-                "--cache-dir", os.path.join(first_caches, str(trial)), hello
-            ),
-            "wasmtime run, no cache (`-C cache=n`)": lambda trial: self.wasmtime(hello, cache=False),
-        }
-        loading = {
-            "runner, cached": lambda trial: self.runner("--cache-dir", cache, hello),
-            "wasmtime run, cached": lambda trial: self.wasmtime(hello),
-            "runner, precompiled (`runner compile`)": lambda trial: self.runner("--no-cache", runner_cwasm),
-            "wasmtime run, precompiled (`wasmtime compile`)": lambda trial: self.wasmtime(
-                "--allow-precompiled", wasmtime_cwasm, cache=False
-            ),
-        }
-        if os.path.isdir("/dev/shm"):
-            # What the state directory's fsyncs cost: the runner takes the job's lock and
-            # writes a fencing number (fsynced) even for a plain command.
-            shm_state = tempfile.mkdtemp(prefix="runner-bench-state-", dir="/dev/shm")
-            loading[TMPFS_ROW] = lambda trial: [
-                self.args.runner, "--state-dir", shm_state, "--cache-dir", cache, hello
-            ]
+        if self.once("start"):
+            for build in self.builds:
+                run_quiet([build.runner, "compile", hello, "-o", os.path.join(build.work, "hello.cwasm")], self.env)
+                check_run(build.cached(hello), self.env, expect)
+            run_quiet([self.args.wasmtime, "compile", hello, "-o", wasmtime_cwasm], self.env)
+            check_run(self.wasmtime(hello), self.env, expect)
+        compiling, loading = {}, {}
+        shm_states = []
+        for build in self.builds:
+            first_caches = os.path.join(build.work, f"cache-first-{rep}")
+            compiling[(FIRST_ROW, build.name)] = lambda trial, b=build, d=first_caches: b.run(
+                "--cache-dir", os.path.join(d, str(trial)), hello
+            )
+            loading[(CACHED_ROW, build.name)] = lambda trial, b=build: b.cached(hello)
+            loading[(PRECOMPILED_ROW, build.name)] = lambda trial, b=build: b.run(
+                "--no-cache", os.path.join(b.work, "hello.cwasm")
+            )
+            if os.path.isdir("/dev/shm"):
+                # What the state directory's fsyncs cost: the runner takes the job's lock
+                # and writes a fencing number (fsynced) even for a plain command.
+                shm = tempfile.mkdtemp(prefix="runner-bench-state-", dir="/dev/shm")
+                shm_states.append(shm)
+                loading[(TMPFS_ROW, build.name)] = lambda trial, b=build, s=shm: b.run(
+                    "--cache-dir", b.cache, hello, state=s
+                )
+        compiling[("wasmtime run, no cache (`-C cache=n`)", PEER)] = lambda trial: self.wasmtime(hello, cache=False)
+        loading[("wasmtime run, cached", PEER)] = lambda trial: self.wasmtime(hello)
+        loading[("wasmtime run, precompiled (`wasmtime compile`)", PEER)] = lambda trial: self.wasmtime(
+            "--allow-precompiled", wasmtime_cwasm, cache=False
+        )
         # Two blocks, so that a compiling run does not heat the machine just before a
         # loading one.
-        self.log(f"start: {len(compiling) + len(loading)} variants x {trials} trials, interleaved")
-        self.results["start"] = {
-            **self.interleaved(compiling, trials, expect),
-            **self.interleaved(loading, trials, expect),
-        }
-        if TMPFS_ROW in loading:
-            shutil.rmtree(shm_state, ignore_errors=True)
-        shutil.rmtree(first_caches, ignore_errors=True)
+        self.log(f"start #{rep + 1}: {len(compiling) + len(loading)} variants x {trials} trials, interleaved")
+        self.interleaved("start", compiling, trials, expect)
+        self.interleaved("start", loading, trials, expect)
+        for shm in shm_states:
+            shutil.rmtree(shm, ignore_errors=True)
+        for build in self.builds:
+            shutil.rmtree(os.path.join(build.work, f"cache-first-{rep}"), ignore_errors=True)
 
     # -- stop request and forced stop
 
-    def start_testjob(self, mode, grace):
+    def start_testjob(self, build, mode, grace):
         proc = subprocess.Popen(
-            self.runner("--cache-dir", os.path.join(self.work, "runner-cache"), "--grace", grace, self.args.testjob, mode),
+            build.cached("--grace", grace, self.args.testjob, mode),
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
@@ -231,51 +351,53 @@ class Bench:
         line = proc.stdout.readline()
         if line.strip() != "ready":
             proc.kill()
-            sys.exit(f"bench: testjob {mode}: expected `ready`, got {line!r}")
+            sys.exit(f"bench: testjob {mode} under the {build.name} runner: expected `ready`, got {line!r}")
         return proc
 
-    def request(self):
+    def request(self, rep):
         trials = self.args.request_trials
-        out = {}
         for mode, name in [("flag", "polling the flag"), ("wait", "blocked in poll on the pollable")]:
-            self.log(f"request: {name}, {trials} trials")
-            samples = []
-            for _ in range(trials):
-                proc = self.start_testjob(mode, "60s")
-                sent = time.time_ns()
-                os.kill(proc.pid, signal.SIGTERM)
-                line = proc.stdout.readline()
-                seen = int(line.split("unix_ns=")[1].split()[0])
-                if proc.wait() != 75:
-                    sys.exit(f"bench: testjob {mode} did not exit 75 after the request")
-                samples.append((seen - sent) / 1e6)
-            out[name] = summary(samples)
-        self.results["request"] = out
+            self.log(f"request #{rep + 1}: {name}, {trials} trials per build")
+            samples = {build.name: [] for build in self.builds}
+            for trial in range(trials):
+                for build in turns(self.builds, trial):
+                    proc = self.start_testjob(build, mode, "60s")
+                    sent = time.time_ns()
+                    os.kill(proc.pid, signal.SIGTERM)
+                    line = proc.stdout.readline()
+                    seen = int(line.split("unix_ns=")[1].split()[0])
+                    if proc.wait() != 75:
+                        sys.exit(f"bench: testjob {mode} did not exit 75 after the request")
+                    samples[build.name].append((seen - sent) / 1e6)
+            for build, values in samples.items():
+                self.add("request", name, build, "ms", values)
 
-    def deadline(self):
+    def deadline(self, rep):
         trials, grace_ms = self.args.deadline_trials, 100
-        out = {}
         for mode, name in [("spin", "spinning in a loop"), ("sleep", "blocked in a host call (sleep)")]:
-            self.log(f"deadline: {name}, {trials} trials")
-            samples = []
-            for _ in range(trials):
-                proc = self.start_testjob(mode, f"{grace_ms}ms")
-                sent = time.monotonic_ns()
-                os.kill(proc.pid, signal.SIGTERM)
-                code = proc.wait()
-                exited = time.monotonic_ns()
-                if code != 143:
-                    sys.exit(f"bench: testjob {mode} exited {code}, not 143, after the grace period")
-                samples.append((exited - sent) / 1e6 - grace_ms)
-            out[name] = summary(samples)
-        self.results["deadline"] = out
+            self.log(f"deadline #{rep + 1}: {name}, {trials} trials per build")
+            samples = {build.name: [] for build in self.builds}
+            for trial in range(trials):
+                for build in turns(self.builds, trial):
+                    proc = self.start_testjob(build, mode, f"{grace_ms}ms")
+                    sent = time.monotonic_ns()
+                    os.kill(proc.pid, signal.SIGTERM)
+                    code = proc.wait()
+                    exited = time.monotonic_ns()
+                    if code != 143:
+                        sys.exit(f"bench: testjob {mode} exited {code}, not 143, after the grace period")
+                    samples[build.name].append((exited - sent) / 1e6 - grace_ms)
+            for build, values in samples.items():
+                self.add("deadline", name, build, "ms", values)
 
     # -- compute
 
-    def compute(self):
+    def compute(self, rep):
+        if rep > 0:
+            return
         limit = str(self.args.primes_limit)
         expect = f"primes below {limit}:"
-        cache = os.path.join(self.work, "runner-cache")
+        build = self.current
         commands = {
             "native (count-primes)": [self.args.count_primes_native, limit],
             NODIVL_ROW: [self.args.count_primes_native_nodivl, limit],
@@ -283,9 +405,9 @@ class Bench:
             "wasmtime run count-primes.wasm, epoch interruption on (`-W timeout=1h`)": self.wasmtime(
                 "-W", "timeout=3600s", self.args.count_primes_wasm, limit
             ),
-            "runner count-primes.wasm (a plain command)": self.runner("--cache-dir", cache, self.args.count_primes_wasm, limit),
-            "runner primes.wasm (the example job: SDK batch, a checkpoint a second)": self.runner(
-                "--cache-dir", cache, "--job-id", "bench-primes", "--start-over", self.args.primes, limit
+            "runner count-primes.wasm (a plain command)": build.cached(self.args.count_primes_wasm, limit),
+            "runner primes.wasm (the example job: SDK batch, a checkpoint a second)": build.cached(
+                "--job-id", "bench-primes", "--start-over", self.args.primes, limit
             ),
         }
         answers = set()
@@ -294,7 +416,7 @@ class Bench:
             answers.add(next(line for line in output.splitlines() if line.startswith(expect)))
         if len(answers) != 1:
             sys.exit(f"bench: the primes programs disagree: {sorted(answers)}")
-        self.results["primes_answer"] = answers.pop()
+        self.extra["primes_answer"] = answers.pop()
         # One hyperfine call per round, each running every command once: the commands
         # take turns, so that the machine drifting (these are minutes of CPU) does not
         # land on one of them. The checks above were the warm-up (and filled the caches).
@@ -309,46 +431,40 @@ class Bench:
             with open(export) as file:
                 for result in json.load(file)["results"]:
                     times[result["command"]] += [t * 1000 for t in result["times"]]
-        self.results["compute"] = {name: summary(samples) for name, samples in times.items()}
-        self.results["compute_rounds"] = list(times.values())
+        for name, samples in times.items():
+            self.add("compute", name, PEER, "ms", samples)
+        self.extra["compute_rounds"] = list(times.values())
 
     # -- checkpoint commit
 
-    def commit(self):
+    def commit(self, rep):
         rounds = 2
-        out = {}
         for size, count in self.args.commit_sizes:
-            runner_samples, raw_samples = [], []
-            self.log(f"commit: {size} bytes, {rounds} rounds of {count} commits each way")
-            for _ in range(rounds):
-                output = check_run(
-                    self.runner(
-                        "--cache-dir",
-                        os.path.join(self.work, "runner-cache"),
-                        "--job-id",
-                        f"bench-commit-{size}",
-                        "--start-over",
-                        self.args.benchjob,
-                        "commit",
-                        str(size),
-                        str(count),
-                    ),
-                    self.env,
-                    "commit_ns",
-                )
-                runner_samples += parse_commits(output)
-                raw_dir = os.path.join(self.work, "state", f"raw-{size}")
-                output = check_run(
-                    [self.args.raw_commit, raw_dir, str(size), str(count)], self.env, "commit_ns"
-                )
-                raw_samples += parse_commits(output)
-            out[size] = {"runner": summary(runner_samples), "raw": summary(raw_samples)}
-        self.results["commit"] = out
+            samples = {build.name: [] for build in self.builds}
+            raw = []
+            self.log(f"commit #{rep + 1}: {size} bytes, {rounds} rounds of {count} commits, each build and raw")
+            for turn in range(rounds):
+                for build in turns(self.builds, turn):
+                    output = check_run(
+                        build.cached(
+                            "--job-id", f"bench-commit-{size}", "--start-over", self.args.benchjob, "commit",
+                            str(size), str(count),
+                        ),
+                        self.env,
+                        "commit_ns",
+                    )
+                    samples[build.name] += parse_commits(output)
+                raw_dir = os.path.join(self.work, "raw-commit", str(size))
+                output = check_run([self.args.raw_commit, raw_dir, str(size), str(count)], self.env, "commit_ns")
+                raw += parse_commits(output)
+            for build, values in samples.items():
+                self.add("commit", size, build, "ms", values)
+            self.add("commit", size, PEER, "ms", raw)
 
     # -- checkpoint commit to S3
 
-    def s3(self):
-        root = os.path.join(self.work, "s3")
+    def s3(self, rep):
+        root = os.path.join(self.work, f"s3-{rep}")
         os.makedirs(os.path.join(root, "bench"))
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -360,15 +476,7 @@ class Bench:
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        sys.exit("bench: s3s-fs did not listen within 30 s")
-                    time.sleep(0.01)
+            wait_listening(port)
             s3_env = dict(
                 self.env,
                 AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}",
@@ -377,138 +485,153 @@ class Bench:
                 AWS_REGION="us-east-1",
             )
             rounds = 2
-            out = {}
             for size, count in self.args.s3_sizes:
-                self.log(f"s3: {size} bytes, {rounds} rounds of {count} commits each way")
-                local, remote = [], []
-                for _ in range(rounds):
-                    for samples, state, env in [
-                        (local, os.path.join(self.work, "state"), self.env),
-                        (remote, "s3://bench/commit", s3_env),
-                    ]:
-                        output = check_run(
-                            [self.args.runner, "--state-dir", state, "--cache-dir",
-                             os.path.join(self.work, "runner-cache"), "--job-id", f"bench-s3-{size}",
-                             "--start-over", self.args.benchjob, "commit", str(size), str(count)],
-                            env,
-                            "commit_ns",
-                        )
-                        samples += parse_commits(output)
-                out[size] = {"local": summary(local), "s3": summary(remote)}
-            self.results["s3"] = out
+                self.log(f"s3 #{rep + 1}: {size} bytes, {rounds} rounds of {count} commits each way and build")
+                samples = {}
+                for turn in range(rounds):
+                    for build in turns(self.builds, turn):
+                        for where, state, env in [
+                            ("local", build.state, self.env),
+                            ("s3", f"s3://bench/{build.name}", s3_env),
+                        ]:
+                            output = check_run(
+                                [build.runner, "--state-dir", state, "--cache-dir", build.cache, "--job-id",
+                                 f"bench-s3-{size}", "--start-over", self.args.benchjob, "commit", str(size),
+                                 str(count)],
+                                env,
+                                "commit_ns",
+                            )
+                            samples.setdefault((where, build.name), []).extend(parse_commits(output))
+                for (where, build), values in samples.items():
+                    self.add("s3", (size, where), build, "ms", values)
         finally:
             server.kill()
             server.wait()
-        self.results["s3s_fs_version"] = run_quiet([self.args.s3s_fs, "--version"]).strip()
+        self.extra["s3s_fs_version"] = run_quiet([self.args.s3s_fs, "--version"]).strip()
+        shutil.rmtree(root, ignore_errors=True)
 
     # -- python
 
-    def python(self):
+    def python(self, rep):
         job, expect = self.args.python_hello, "hello from a Python job"
-        cwasm = os.path.join(self.work, "hello-py.cwasm")
-        run_quiet([self.args.runner, "compile", job, "-o", cwasm], self.env)
-        cache = os.path.join(self.work, "runner-cache")
-        first_caches = os.path.join(self.work, "runner-cache-python-first")
-        check_run(self.runner("--cache-dir", cache, "--job-id", "bench-py", job), self.env, expect)
-        self.log(f"python: first run x {self.args.python_first_trials}, cached and precompiled x {self.args.start_trials}")
-        first = self.interleaved(
-            {
-                "runner, first run (compiles, fills the cache)": lambda trial: self.runner(
-                    "--cache-dir", os.path.join(first_caches, str(trial)), "--job-id", "bench-py", job
-                )
-            },
-            self.args.python_first_trials,
-            expect,
-        )
-        shutil.rmtree(first_caches, ignore_errors=True)
-        rest = self.interleaved(
-            {
-                "runner, cached": lambda trial: self.runner("--cache-dir", cache, "--job-id", "bench-py", job),
-                "runner, precompiled (`runner compile`)": lambda trial: self.runner(
-                    "--no-cache", "--job-id", "bench-py", cwasm
-                ),
-            },
-            self.args.start_trials,
-            expect,
-        )
-        self.results["python"] = {**first, **rest}
-        self.results["python_size"] = os.path.getsize(job)
+        command, command_expect = self.args.python_command, "hello from a Python command"
+        if self.once("python"):
+            for build in self.builds:
+                run_quiet([build.runner, "compile", job, "-o", os.path.join(build.work, "hello-py.cwasm")], self.env)
+                check_run(build.cached("--job-id", "bench-py-fill", job), self.env, expect)
+                if command:
+                    check_run(build.cached(command), self.env, command_expect)
+            if command:
+                check_run(self.wasmtime(command), self.env, command_expect)
+        # A job that completed is not run again: every run is a job of its own.
+        def job_id(build, trial, row):
+            return f"bench-py-{build.name}-{rep}-{row}-{trial}"
 
+        first = {}
+        for build in self.builds:
+            caches = os.path.join(build.work, f"cache-python-first-{rep}")
+            first[(FIRST_ROW, build.name)] = lambda trial, b=build, d=caches: b.run(
+                "--cache-dir", os.path.join(d, str(trial)), "--job-id", job_id(b, trial, "first"), job
+            )
+        self.log(
+            f"python #{rep + 1}: first run x {self.args.python_first_trials}, cached and precompiled x "
+            f"{self.args.python_trials} per build"
+        )
+        self.interleaved("python", first, self.args.python_first_trials, expect)
+        for build in self.builds:
+            shutil.rmtree(os.path.join(build.work, f"cache-python-first-{rep}"), ignore_errors=True)
+        rest = {}
+        for build in self.builds:
+            rest[(CACHED_ROW, build.name)] = lambda trial, b=build: b.cached(
+                "--job-id", job_id(b, trial, "cached"), job
+            )
+            rest[(PRECOMPILED_ROW, build.name)] = lambda trial, b=build: b.run(
+                "--no-cache", "--job-id", job_id(b, trial, "precompiled"), os.path.join(b.work, "hello-py.cwasm")
+            )
+        self.interleaved("python", rest, self.args.python_trials, expect)
+        if command:
+            commands = {("runner, cached", build.name): lambda trial, b=build: b.cached(command) for build in self.builds}
+            commands[("wasmtime run, cached", PEER)] = lambda trial: self.wasmtime(command)
+            self.interleaved("python-command", commands, self.args.python_trials, command_expect)
+            self.extra["python_command_size"] = os.path.getsize(command)
+        self.extra["python_size"] = os.path.getsize(job)
 
     # -- container
 
-    def container(self):
+    def container(self, rep):
         trials = self.args.container_trials
-        base = os.path.join(self.work, "container")
-        bundle = os.path.join(base, "bundle")
+        base = os.path.join(self.work, f"container-{rep}")
         os.makedirs(base)
-        run_quiet(["umoci", "unpack", "--image", f"{self.args.image_layout}:bench", bundle])
-        with open(os.path.join(bundle, "config.json")) as config_file:
-            config = json.load(config_file)
-        config["process"]["terminal"] = False
-        config["process"]["args"] = ["/runner", "/jobs/primes.wasm"]
-        config["root"] = {"path": os.path.join(bundle, "rootfs"), "readonly": True}
+        configs = {}
+        for build in self.builds:
+            bundle = os.path.join(base, f"bundle-{build.name}")
+            run_quiet(["umoci", "unpack", "--image", f"{build.image_layout}:bench", bundle])
+            with open(os.path.join(bundle, "config.json")) as config_file:
+                config = json.load(config_file)
+            config["process"]["terminal"] = False
+            config["process"]["args"] = ["/runner", "/jobs/primes.wasm"]
+            config["root"] = {"path": os.path.join(bundle, "rootfs"), "readonly": True}
+            config["mounts"] += [
+                {"destination": "/state", "type": "bind", "source": os.path.join(base, "state"),
+                 "options": ["rbind", "rw"]},
+                {"destination": "/cache", "type": "tmpfs", "source": "tmpfs",
+                 "options": ["nosuid", "nodev", f"uid={CONTAINER_USER}", f"gid={CONTAINER_USER}"]},
+            ]
+            configs[build.name] = config
+            if rep == 0:
+                layout_bytes = 0
+                for directory, _, files in os.walk(os.path.join(build.image_layout, "blobs")):
+                    layout_bytes += sum(os.path.getsize(os.path.join(directory, file)) for file in files)
+                self.extra.setdefault("container_sizes", {})[build.name] = {
+                    "runner": os.path.getsize(build.static_runner),
+                    "runner_in_image": os.path.getsize(os.path.join(bundle, "rootfs", "runner")),
+                    "layout": layout_bytes,
+                }
+        self.log(f"container #{rep + 1}: runc kill TERM -> exit, {trials} trials per build")
+        from_call = {build.name: [] for build in self.builds}
+        from_return = {build.name: [] for build in self.builds}
         state = os.path.join(base, "state")
-        config["mounts"] += [
-            {"destination": "/state", "type": "bind", "source": state, "options": ["rbind", "rw"]},
-            {"destination": "/cache", "type": "tmpfs", "source": "tmpfs",
-             "options": ["nosuid", "nodev", f"uid={CONTAINER_USER}", f"gid={CONTAINER_USER}"]},
-        ]
-        self.log(f"container: runc kill TERM -> exit, {trials} trials")
-        from_call, from_return = [], []
         for trial in range(trials):
-            shutil.rmtree(state, ignore_errors=True)
-            os.makedirs(state)
-            os.chown(state, CONTAINER_USER, CONTAINER_USER)
-            trial_bundle = os.path.join(base, f"trial-{trial}")
-            os.makedirs(trial_bundle)
-            with open(os.path.join(trial_bundle, "config.json"), "w") as config_file:
-                json.dump(config, config_file)
-            name = f"runner-bench-{os.getpid()}-{trial}"
-            proc = subprocess.Popen(
-                ["runc", "run", "--bundle", trial_bundle, name],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            checkpoint = os.path.join(state, "primes", "checkpoint")
-            waited = time.monotonic()
-            while not os.path.exists(checkpoint):
-                if proc.poll() is not None or time.monotonic() - waited > 120:
-                    proc.kill()
-                    sys.exit(f"bench: the container of trial {trial} saved no checkpoint")
-                time.sleep(0.005)
-            called = time.monotonic_ns()
-            run_quiet(["runc", "kill", name, "TERM"])
-            returned = time.monotonic_ns()
-            code = proc.wait()
-            exited = time.monotonic_ns()
-            subprocess.run(["runc", "delete", "--force", name], capture_output=True)
-            if code != 75:
-                sys.exit(f"bench: the container exited {code}, not 75, after runc kill TERM")
-            from_call.append((exited - called) / 1e6)
-            from_return.append((exited - returned) / 1e6)
-        layout_bytes = 0
-        for directory, _, files in os.walk(os.path.join(self.args.image_layout, "blobs")):
-            layout_bytes += sum(os.path.getsize(os.path.join(directory, file)) for file in files)
-        self.results["container"] = {
-            "`runc kill` started → `runc run` exited": summary(from_call),
-            "`runc kill` returned → `runc run` exited": summary(from_return),
-        }
-        self.results["container_sizes"] = {
-            "runner": os.path.getsize(self.args.static_runner),
-            "runner_in_image": os.path.getsize(os.path.join(bundle, "rootfs", "runner")),
-            "layout": layout_bytes,
-        }
-
-
-def parse_commits(output):
-    line = next(line for line in output.splitlines() if line.startswith("commit_ns"))
-    return [int(value) / 1e6 for value in line.split()[1:]]
+            for build in turns(self.builds, trial):
+                shutil.rmtree(state, ignore_errors=True)
+                os.makedirs(state)
+                os.chown(state, CONTAINER_USER, CONTAINER_USER)
+                trial_bundle = os.path.join(base, f"trial-{build.name}-{trial}")
+                os.makedirs(trial_bundle)
+                with open(os.path.join(trial_bundle, "config.json"), "w") as config_file:
+                    json.dump(configs[build.name], config_file)
+                name = f"runner-bench-{os.getpid()}-{rep}-{build.name}-{trial}"
+                proc = subprocess.Popen(
+                    ["runc", "run", "--bundle", trial_bundle, name],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )
+                checkpoint = os.path.join(state, "primes", "checkpoint")
+                waited = time.monotonic()
+                while not os.path.exists(checkpoint):
+                    if proc.poll() is not None or time.monotonic() - waited > 120:
+                        proc.kill()
+                        sys.exit(f"bench: the container of trial {trial} saved no checkpoint")
+                    time.sleep(0.005)
+                called = time.monotonic_ns()
+                run_quiet(["runc", "kill", name, "TERM"])
+                returned = time.monotonic_ns()
+                code = proc.wait()
+                exited = time.monotonic_ns()
+                subprocess.run(["runc", "delete", "--force", name], capture_output=True)
+                if code != 75:
+                    sys.exit(f"bench: the container exited {code}, not 75, after runc kill TERM")
+                from_call[build.name].append((exited - called) / 1e6)
+                from_return[build.name].append((exited - returned) / 1e6)
+        for build in self.builds:
+            self.add("container", "`runc kill` started → `runc run` exited", build.name, "ms", from_call[build.name])
+            self.add("container", "`runc kill` returned → `runc run` exited", build.name, "ms", from_return[build.name])
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- report
 
 
-def machine(args):
+def machine(args, bench):
     def first_line(argv):
         if not argv[0]:
             return "(not used)"
@@ -526,131 +649,224 @@ def machine(args):
     with open("/proc/meminfo") as info:
         mem_kib = int(info.readline().split()[1])
     fs = first_line(["findmnt", "--noheadings", "--output", "FSTYPE,SOURCE", "--target", args.work])
-    revision = first_line(["git", "describe", "--always", "--dirty"])
-    return [
+    lines = [
         f"- CPU: {cpu}, {os.cpu_count()} logical cores; memory {mem_kib / MIB:.1f} GiB",
         f"- Kernel: {platform.system()} {platform.release()}; work directory on {fs} ({args.work})",
-        f"- runner: release build of `{revision}` ({args.runner}); `{first_line([args.wasmtime, '--version'])}`",
-        f"- `{first_line(['rustc', '--version'])}`; `{first_line([args.hyperfine, '--version'])}`; Python {platform.python_version()}",
+    ]
+    for build in bench.builds:
+        lines.append(f"- {build.name}: release build of `{build.revision or '?'}` ({build.runner})")
+    lines += [
+        f"- peers: `{first_line([args.wasmtime, '--version'])}`; `{first_line(['rustc', '--version'])}`; "
+        f"`{first_line([args.hyperfine, '--version'])}`; Python {platform.python_version()}",
         f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; "
         f"RUST_BACKTRACE unset for every measured process",
     ]
+    return lines
 
 
-def ratio(a, b):
-    return a / b if b else float("nan")
+class Report:
+    """The Markdown report: a table per section for the current build and the peers, one
+    comparing the current build with the baseline, and the targets."""
 
+    def __init__(self, bench, args):
+        self.bench = bench
+        self.args = args
+        self.data = bench.data
+        self.names = [build.name for build in bench.builds]
+        self.lines = []
+        self.targets = []
+        # (section title, figure, current values, baseline values)
+        self.comparisons = []
 
-def report(bench, args, elapsed_s):
-    r = bench.results
-    lines = [
-        "# Benchmarks",
-        "",
-        "Figures from one run of `bash bench/run` on the machine below; every comparison was",
-        "measured side by side in that run. Times in milliseconds unless marked; each cell",
-        "is the median, then (p25–p75; min–max). Regenerate with `bash bench/run`",
-        f"(this run: `{args.command_line or 'bench/bench.py'}`, {elapsed_s / 60:.1f} minutes).",
-        "",
-        "## Machine",
-        "",
-        *machine(args),
-        "",
-    ]
-    targets = []
+    def values(self, section, row, build, metric, stat):
+        return of_reps(self.data[section][row][build][metric], stat)
 
-    if "start" in r:
-        s = r["start"]
+    def median(self, section, row, build, metric, stat):
+        return statistics.median(self.values(section, row, build, metric, stat))
+
+    def paired(self, section, row_a, build_a, row_b, build_b, metric, stat):
+        """The median over the repetitions of a / b within a repetition."""
+        a = self.values(section, row_a, build_a, metric, stat)
+        b = self.values(section, row_b, build_b, metric, stat)
+        return statistics.median(ratio(x, y) for x, y in zip(a, b))
+
+    def compare(self, title, section, row, metric, stat, label, digits=2):
+        if "baseline" not in self.names or "baseline" not in self.data[section][row]:
+            return
+        self.comparisons.append(
+            (title, label, self.values(section, row, "current", metric, stat),
+             self.values(section, row, "baseline", metric, stat), digits)
+        )
+
+    def latency_table(self, section, rows, digits=3):
+        self.lines += [
+            f"| {rows} | n | p50 | p99 | min | max |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row, builds in self.data[section].items():
+            for build in [name for name in ("current", PEER) if name in builds]:
+                summaries = builds[build]["ms"]
+                n = sum(s["n"] for s in summaries)
+                self.lines.append(
+                    f"| {row} | {n} | {rep_cell(of_reps(summaries, 'median'), digits)} | "
+                    f"{rep_cell(of_reps(summaries, 'p99'), digits)} | {fmt(min(of_reps(summaries, 'min')), digits)} | "
+                    f"{fmt(max(of_reps(summaries, 'max')), digits)} |"
+                )
+
+    def build(self, elapsed_s):
+        args, data = self.args, self.data
+        reps = args.repetitions
+        baseline = next((b for b in self.bench.builds if b.name == "baseline"), None)
+        lines = self.lines
         lines += [
+            "# Benchmarks",
+            "",
+            "Figures from one run of `bash bench/run` on the machine below; every comparison was",
+            "measured side by side in that run. Times in milliseconds unless marked. Each section but",
+            f"compute ran {reps} times, the sections taking turns; a cell is the median of the figure's",
+            f"{reps} repetitions, then their (min–max). Tables show the current build and the peers;",
+            "the baseline's figures are in [Against the baseline](#against-the-baseline). Regenerate with",
+            f"`bash bench/run` (this run: `{args.command_line or 'bench/bench.py'}`, {elapsed_s / 60:.1f} minutes).",
+            "",
+            "## Machine",
+            "",
+            *machine(args, self.bench),
+            "",
+        ]
+        for section in SECTIONS:
+            if section in data:
+                getattr(self, f"section_{section}")()
+        self.section_comparisons(baseline)
+        if self.targets:
+            lines += [
+                "## Targets",
+                "",
+                "Judged on the current build: the median of the repetitions.",
+                "",
+                "| target | measured | met |",
+                "|---|---|---|",
+            ]
+            for target, measured, met in self.targets:
+                lines.append(f"| {target} | {measured} | {'yes' if met else 'no'} |")
+            lines.append("")
+        return "\n".join(lines)
+
+    def start_table(self, section, heading_rows):
+        self.lines += [
+            "| | n | first output (ms) | exit (ms) | peak RSS (MiB) |",
+            "|---|---|---|---|---|",
+        ]
+        for row, builds in self.data[section].items():
+            for build in [name for name in ("current", PEER) if name in builds]:
+                kinds = builds[build]
+                n = sum(s["n"] for s in kinds["first"])
+                self.lines.append(
+                    f"| {row} | {n} | {rep_cell(of_reps(kinds['first'], 'median'))} | "
+                    f"{rep_cell(of_reps(kinds['exit'], 'median'))} | {rep_cell(of_reps(kinds['rss'], 'median'), 1)} |"
+                )
+                for metric, label, digits in [("first", "first output", 2), ("exit", "exit", 2), ("rss", "peak RSS (MiB)", 1)]:
+                    self.compare(heading_rows, section, row, metric, "median", f"{row}: {label}", digits)
+        self.lines.append("")
+
+    def section_start(self):
+        s = self.data["start"]
+        trials = s[CACHED_ROW]["current"]["first"][0]["n"]
+        self.lines += [
             "## Start: hello world as a `wasi:cli/command`",
             "",
             "From spawning the process to the first byte of the job's output on a pipe, and to its exit; and its",
-            f"peak RSS (`ru_maxrss`). {next(iter(s.values()))['first']['n']} trials each, interleaved (the compiling runs in one block, the",
-            "others in another); a small native probe",
-            "(`bench/native/src/bin/startup.rs`) spawns each one. The job is `tests/jobs/src/command.rs` with no",
-            "arguments: it prints one line.",
+            f"peak RSS (`ru_maxrss`). {trials} trials of each in each repetition, interleaved (the compiling runs in",
+            "one block, the others in another); a small native probe (`bench/native/src/bin/startup.rs`)",
+            "spawns each one. The job is `tests/jobs/src/command.rs` with no arguments: it prints one line.",
+            "Cells are medians of the trials.",
             "",
-            "| | first output (ms) | exit (ms) | peak RSS (MiB) |",
-            "|---|---|---|---|",
         ]
-        for name, kinds in s.items():
-            lines.append(f"| {name} | {spread(kinds['first'])} | {spread(kinds['exit'])} | {spread(kinds['rss'], 1)} |")
-        rc, wc = s["runner, cached"], s["wasmtime run, cached"]
+        self.start_table("start", "Start")
         if TMPFS_ROW in s:
-            shm = s[TMPFS_ROW]["first"]["median"] / wc["first"]["median"]
-            lines += [
-                "",
-                f"The tmpfs row shows what the state directory's fsyncs cost at start: with them free, cached start is",
+            shm = self.paired("start", TMPFS_ROW, "current", "wasmtime run, cached", PEER, "first", "median")
+            self.lines += [
+                "The tmpfs row shows what the state directory's fsyncs cost at start: with them free, cached start is",
                 f"{shm:.2f}x `wasmtime run`'s. The runner takes the job's lock and writes a fencing number (a file",
                 "written, fsynced and renamed, then the directory fsynced), a plain command included; without",
                 "`--output` it does so while the job starts.",
+                "",
             ]
-        rp, wp = s["runner, precompiled (`runner compile`)"], s["wasmtime run, precompiled (`wasmtime compile`)"]
-        start_cached = ratio(rc["first"]["median"], wc["first"]["median"])
-        start_pre = ratio(rp["first"]["median"], wp["first"]["median"])
-        rss_cached = ratio(rc["rss"]["median"], wc["rss"]["median"])
-        rss_pre = ratio(rp["rss"]["median"], wp["rss"]["median"])
-        lines += [
-            "",
-            f"Ratios of medians, runner / wasmtime run: first output cached {start_cached:.2f}x, precompiled {start_pre:.2f}x;",
-            f"peak RSS cached {rss_cached:.2f}x, precompiled {rss_pre:.2f}x.",
+        start_cached = self.paired("start", CACHED_ROW, "current", "wasmtime run, cached", PEER, "first", "median")
+        start_pre = self.paired(
+            "start", PRECOMPILED_ROW, "current", "wasmtime run, precompiled (`wasmtime compile`)", PEER, "first", "median"
+        )
+        rss_cached = self.paired("start", CACHED_ROW, "current", "wasmtime run, cached", PEER, "rss", "median")
+        rss_pre = self.paired(
+            "start", PRECOMPILED_ROW, "current", "wasmtime run, precompiled (`wasmtime compile`)", PEER, "rss", "median"
+        )
+        self.lines += [
+            "Ratios, runner / wasmtime run (the median over the repetitions of the ratio of medians within one):",
+            f"first output cached {start_cached:.2f}x, precompiled {start_pre:.2f}x; peak RSS cached {rss_cached:.2f}x,",
+            f"precompiled {rss_pre:.2f}x.",
             "",
         ]
-        targets += [
+        self.targets += [
             ("cached start ≤ 0.8x `wasmtime run`", f"{start_cached:.2f}x (precompiled: {start_pre:.2f}x)", start_cached <= 0.8),
             ("peak RSS ≤ 0.6x `wasmtime run`", f"{rss_cached:.2f}x cached, {rss_pre:.2f}x precompiled", rss_cached <= 0.6),
         ]
 
-    latencies = [
-        (
+    def latency_section(self, section, title, text, target, bound_ms):
+        self.lines += [f"## {title}", "", text, ""]
+        self.latency_table(section, "job")
+        self.lines.append("")
+        for row in self.data[section]:
+            self.compare(title, section, row, "ms", "median", f"{row}: p50")
+            self.compare(title, section, row, "ms", "p99", f"{row}: p99")
+        worst = max(self.median(section, row, "current", "ms", "p99") for row in self.data[section])
+        self.targets.append((target, f"{worst:.3f} ms (the slower of the two)", worst < bound_ms))
+
+    def section_request(self):
+        self.latency_section(
             "request",
             "Stop request: `kill -TERM` to the job seeing it",
             "`tests/jobs` under the runner (cached): the harness reads the wall clock, sends SIGTERM; the job\n"
             "prints the wall clock when it sees the request. Milliseconds.",
             "request → job p99 < 1 ms",
             1,
-        ),
-        (
+        )
+
+    def section_deadline(self):
+        self.latency_section(
             "deadline",
             "Forced stop: grace deadline to process exit",
             "`tests/jobs` ignoring the request, `--grace 100ms`: from the SIGTERM plus 100 ms to the runner's exit\n"
             "(143) as the harness sees it in waitpid; includes the signal's delivery. Milliseconds.",
             "deadline → exit p99 < 5 ms",
             5,
-        ),
-    ]
-    for key, title, text, target, bound_ms in latencies:
-        if key not in r:
-            continue
-        lines += [f"## {title}", "", text, "", "| job | n | p50 | p99 | min | max |", "|---|---|---|---|---|---|"]
-        for name, s in r[key].items():
-            cells = " | ".join(fmt(s[stat], 3) for stat in ["median", "p99", "min", "max"])
-            lines.append(f"| {name} | {s['n']} | {cells} |")
-        worst = max(s["p99"] for s in r[key].values())
-        lines.append("")
-        targets.append((target, f"{worst:.3f} ms (the slower of the two)", worst < bound_ms))
+        )
 
-    if "compute" in r:
-        c = r["compute"]
+    def section_compute(self):
+        c = self.data["compute"]
         names = list(c)
-        native = c[names[0]]["median"]
-        lines += [
-            f"## Compute: primes below {args.primes_limit:,}",
+        native = self.median("compute", names[0], PEER, "ms", "median")
+        rounds = self.bench.extra["compute_rounds"]
+        self.lines += [
+            f"## Compute: primes below {self.args.primes_limit:,}",
             "",
-            f"hyperfine, {args.compute_runs} rounds in which each command runs once, after a warm-up run (which",
-            f"also fills the compiled-code caches); all print `{r['primes_answer']}`. `count-primes` is `bench/jobs/src/bin/count-primes.rs`: the",
-            "example's `is_prime` (examples/primes/src/count.rs) in a plain loop. The runner turns epoch",
-            "interruption on for every job (it is how a forced stop reaches a computing job) with the same",
-            "wasmtime 48.0.8 and the same mechanism as `wasmtime run -W timeout`, so the epoch cost is",
-            "measured on `wasmtime run` with it on and off. The second row is the same native program built",
-            "without LLVM's x86 tuning that divides by a 32-bit `div` when both operands fit in 32 bits",
-            "(Cranelift always emits the 64-bit one, several times slower on most x86 cores). Milliseconds.",
+            f"hyperfine, {self.args.compute_runs} rounds in which each command runs once, after a warm-up run (which",
+            f"also fills the compiled-code caches); all print `{self.bench.extra['primes_answer']}`. `count-primes` is",
+            "`bench/jobs/src/bin/count-primes.rs`: the example's `is_prime` (examples/primes/src/count.rs) in a",
+            "plain loop. The runner turns epoch interruption on for every job (it is how a forced stop reaches a",
+            "computing job) with the same wasmtime 48.0.8 and the same mechanism as `wasmtime run -W timeout`, so",
+            "the epoch cost is measured on `wasmtime run` with it on and off. The second row is the same native",
+            "program built without LLVM's x86 tuning that divides by a 32-bit `div` when both operands fit in 32",
+            "bits (Cranelift always emits the 64-bit one, several times slower on most x86 cores). Once, current",
+            "build only (minutes of CPU a round). Milliseconds: median (p25–p75; min–max) of the rounds.",
             "",
             "| | time (ms) | / native |",
             "|---|---|---|",
         ]
         for name in names:
-            lines.append(f"| {name} | {spread(c[name], 0)} | {ratio(c[name]['median'], native):.3f}x |")
-        rounds = r["compute_rounds"]
+            s = c[name][PEER]["ms"][0]
+            self.lines.append(
+                f"| {name} | {fmt(s['median'], 0)} ({fmt(s['p25'], 0)}–{fmt(s['p75'], 0)}; {fmt(s['min'], 0)}–"
+                f"{fmt(s['max'], 0)}) | {ratio(s['median'], native):.3f}x |"
+            )
 
         def paired(a, b):
             """The median over the rounds of a's time / b's time in the same round."""
@@ -658,7 +874,7 @@ def report(bench, args, elapsed_s):
 
         epoch = paired(3, 2) - 1
         job_native, job_nodivl, cmd_on = paired(5, 0), paired(5, 1), paired(4, 3)
-        lines += [
+        self.lines += [
             "",
             "Ratios are medians over the rounds of the ratio within a round. Epoch interruption costs",
             f"{epoch * 100:+.1f}% (`wasmtime run`, on / off). The runner runs the plain command at {cmd_on:.3f}x",
@@ -667,38 +883,41 @@ def report(bench, args, elapsed_s):
             "Cranelift does.",
             "",
         ]
-        targets += [
+        self.targets += [
             ("epoch overhead < 3% on primes", f"{epoch * 100:+.1f}%", epoch < 0.03),
             ("primes ≤ 1.3x native", f"{job_native:.3f}x (the example job)", job_native <= 1.3),
         ]
 
-    if "commit" in r:
-        lines += [
+    def section_commit(self):
+        c = self.data["commit"]
+        self.lines += [
             "## Checkpoint commit",
             "",
             "`bench/jobs/src/lib.rs` under the runner: `save_bytes` of a SIZE-byte state, timed in the job from",
             "the call to its return (copy into the runner, record encoding, checksum, write, fsync, two renames,",
             "directory fsync). Against `raw-commit` (`bench/native/src/bin/raw-commit.rs`): write a file, fsync,",
-            "rename, fsync the directory, natively, in the same directory. Two rounds each way, alternated.",
-            "Milliseconds; throughput is SIZE / median.",
+            "rename, fsync the directory, natively, in the same directory. Two rounds each way in each",
+            "repetition, alternated. Milliseconds, medians of the commits; throughput is SIZE / median; the",
+            "ratio is the median over the repetitions of the ratio within one.",
             "",
             "| size | n | runner | raw protocol | runner / raw | runner MiB/s | raw MiB/s |",
             "|---|---|---|---|---|---|---|",
         ]
-        for size, s in r["commit"].items():
-            rr, raw = s["runner"], s["raw"]
-            lines.append(
-                f"| {human_size(size)} | {rr['n']} | {spread(rr, 3)} | {spread(raw, 3)} | "
-                f"{ratio(rr['median'], raw['median']):.2f}x | {size / MIB / (rr['median'] / 1000):.0f} | "
-                f"{size / MIB / (raw['median'] / 1000):.0f} |"
+        for size, builds in c.items():
+            runner = of_reps(builds["current"]["ms"], "median")
+            raw = of_reps(builds[PEER]["ms"], "median")
+            n = sum(s["n"] for s in builds["current"]["ms"])
+            self.lines.append(
+                f"| {human_size(size)} | {n} | {rep_cell(runner, 3)} | {rep_cell(raw, 3)} | "
+                f"{self.paired('commit', size, 'current', size, PEER, 'ms', 'median'):.2f}x | "
+                f"{size / MIB / (statistics.median(runner) / 1000):.0f} | {size / MIB / (statistics.median(raw) / 1000):.0f} |"
             )
-        lines.append("")
-        smallest, largest = min(r["commit"]), max(r["commit"])
-        small = r["commit"][smallest]
-        large = r["commit"][largest]
-        small_ratio = ratio(small["runner"]["median"], small["raw"]["median"])
-        large_throughput = ratio(large["raw"]["median"], large["runner"]["median"])
-        targets += [
+            self.compare("Checkpoint commit", "commit", size, "ms", "median", f"{human_size(size)} commit")
+        self.lines.append("")
+        smallest, largest = min(c), max(c)
+        small_ratio = self.paired("commit", smallest, "current", smallest, PEER, "ms", "median")
+        large_throughput = 1 / self.paired("commit", largest, "current", largest, PEER, "ms", "median")
+        self.targets += [
             (f"{human_size(smallest)} commit ≤ 1.2x the raw protocol", f"{small_ratio:.2f}x", small_ratio <= 1.2),
             (
                 f"{human_size(largest)} commit ≥ 0.8x the raw protocol's throughput",
@@ -707,49 +926,82 @@ def report(bench, args, elapsed_s):
             ),
         ]
 
-    if "s3" in r:
-        lines += [
+    def section_s3(self):
+        s = self.data["s3"]
+        self.lines += [
             "## Checkpoint commit to S3",
             "",
             "The same `save_bytes` as above, timed in the job, with the state kept in a bucket",
-            f"(`--state-dir s3://bench/commit`) of {r['s3s_fs_version']}, an S3-compatible server on loopback, on",
-            "the same file system; against the local store, two rounds each way, alternated. A commit to S3 is",
-            "two PUT requests: the record, then the conditional write (If-Match) of the head that names it.",
-            "s3s-fs writes each object to a temporary file and renames it, without fsync: these figures are",
-            "the runner's cost and the protocol's round trips, not a real bucket's durability (a real S3 adds",
-            "its network round trips to each of the two requests). Milliseconds.",
+            f"(`--state-dir s3://bench/...`) of {self.bench.extra['s3s_fs_version']}, an S3-compatible server on",
+            "loopback, on the same file system; against the local store, two rounds each way in each repetition,",
+            "alternated. A commit to S3 is two PUT requests: the record, then the conditional write (If-Match) of",
+            "the head that names it. s3s-fs writes each object to a temporary file and renames it, without fsync:",
+            "these figures are the runner's cost and the protocol's round trips, not a real bucket's durability (a",
+            "real S3 adds its network round trips to each of the two requests). Milliseconds, medians of the commits.",
             "",
             "| size | n | local store | S3 (s3s-fs, loopback) | S3 / local |",
             "|---|---|---|---|---|",
         ]
-        for size, s in r["s3"].items():
-            local, remote = s["local"], s["s3"]
-            lines.append(
-                f"| {human_size(size)} | {remote['n']} | {spread(local, 3)} | {spread(remote, 3)} | "
-                f"{ratio(remote['median'], local['median']):.2f}x |"
+        sizes = sorted({size for size, _ in s})
+        for size in sizes:
+            local = of_reps(s[(size, "local")]["current"]["ms"], "median")
+            remote = of_reps(s[(size, "s3")]["current"]["ms"], "median")
+            n = sum(x["n"] for x in s[(size, "s3")]["current"]["ms"])
+            self.lines.append(
+                f"| {human_size(size)} | {n} | {rep_cell(local, 3)} | {rep_cell(remote, 3)} | "
+                f"{self.paired('s3', (size, 's3'), 'current', (size, 'local'), 'current', 'ms', 'median'):.2f}x |"
             )
-        lines.append("")
+            self.compare("Checkpoint commit to S3", "s3", (size, "s3"), "ms", "median", f"{human_size(size)} commit to S3", 3)
+        self.lines.append("")
 
-    if "python" in r:
-        p = r["python"]
-        lines += [
+    def section_python(self):
+        extra = self.bench.extra
+        self.lines += [
             "## A Python job's start",
             "",
-            f"`bench/jobs/hello.py` (the Python SDK, built with componentize-py: a {r['python_size'] / MIB:.1f} MiB",
-            "component embedding CPython) under the runner; spawn to first output, exit, peak RSS.",
+            f"`bench/jobs/hello.py` (the Python SDK, built with componentize-py: a {extra['python_size'] / MIB:.1f} MiB",
+            "component embedding CPython) under the runner; spawn to first output, exit, peak RSS. Each run is",
+            "a job of its own (`--job-id`): a job that completed is not run again. Medians of the trials.",
             "",
-            "| | n | first output (ms) | exit (ms) | peak RSS (MiB) |",
-            "|---|---|---|---|---|",
         ]
-        for name, kinds in p.items():
-            lines.append(
-                f"| {name} | {kinds['first']['n']} | {spread(kinds['first'], 1)} | {spread(kinds['exit'], 1)} | {spread(kinds['rss'], 1)} |"
+        self.start_table("python", "A Python job's start")
+        p = "python"
+        cached = self.median(p, CACHED_ROW, "current", "first", "median")
+        pre = self.median(p, PRECOMPILED_ROW, "current", "first", "median")
+        cached_rss = self.median(p, CACHED_ROW, "current", "rss", "median")
+        pre_rss = self.median(p, PRECOMPILED_ROW, "current", "rss", "median")
+        start_ratio = self.paired(p, CACHED_ROW, "current", PRECOMPILED_ROW, "current", "first", "median")
+        rss_ratio = self.paired(p, CACHED_ROW, "current", PRECOMPILED_ROW, "current", "rss", "median")
+        self.lines += [
+            f"Cached against precompiled: first output {cached:.1f} against {pre:.1f} ms ({start_ratio:.2f}x), peak RSS",
+            f"{cached_rss:.1f} against {pre_rss:.1f} MiB ({rss_ratio:.2f}x).",
+            "",
+        ]
+        self.targets.append(
+            (
+                "Python job: cached start within 5% of precompiled (time and peak RSS)",
+                f"{start_ratio:.2f}x time, {rss_ratio:.2f}x RSS",
+                start_ratio <= 1.05 and rss_ratio <= 1.05,
             )
-        lines.append("")
+        )
+        if "python-command" in self.data:
+            self.lines += [
+                "`wasmtime run` cannot run a job (it does not provide the `runner:job` interfaces), so the peer is",
+                "the same one-line program as a `wasi:cli/command` (`bench/jobs/hello_command.py`, componentize-py: a",
+                f"{extra['python_command_size'] / MIB:.1f} MiB component), cached, under both. Medians of the trials.",
+                "",
+            ]
+            self.start_table("python-command", "A Python command's start")
+            vs = self.paired("python-command", "runner, cached", "current", "wasmtime run, cached", PEER, "first", "median")
+            vs_rss = self.paired("python-command", "runner, cached", "current", "wasmtime run, cached", PEER, "rss", "median")
+            self.lines += [
+                f"Runner / wasmtime run, cached: first output {vs:.2f}x, peak RSS {vs_rss:.2f}x.",
+                "",
+            ]
 
-    if "container" in r:
-        sizes = r["container_sizes"]
-        lines += [
+    def section_container(self):
+        sizes = self.bench.extra["container_sizes"]["current"]
+        self.lines += [
             "## Container: `runc kill TERM` to exit",
             "",
             "The image `deploy/build-image` builds from the static release runner and `primes`, unpacked with umoci",
@@ -758,13 +1010,11 @@ def report(bench, args, elapsed_s):
             "`runc kill ID TERM`; the time until `runc run` has exited (75: the job saved its place and",
             "suspended). The first row includes `runc kill`'s own start. Milliseconds.",
             "",
-            "| from | n | p50 | p99 | min | max |",
-            "|---|---|---|---|---|---|",
         ]
-        for name, s in r["container"].items():
-            cells = " | ".join(fmt(s[stat], 1) for stat in ["median", "p99", "min", "max"])
-            lines.append(f"| {name} | {s['n']} | {cells} |")
-        lines += [
+        self.latency_table("container", "from")
+        for row in self.data["container"]:
+            self.compare("Container", "container", row, "ms", "median", f"{row}: p50", 1)
+        self.lines += [
             "",
             f"Sizes: the static runner {sizes['runner'] / MIB:.1f} MiB as built "
             f"(`x86_64-unknown-linux-musl`, release), {sizes['runner_in_image'] / MIB:.1f} MiB stripped in the image;",
@@ -772,12 +1022,41 @@ def report(bench, args, elapsed_s):
             "",
         ]
 
-    if targets:
-        lines += ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
-        for target, measured, met in targets:
-            lines.append(f"| {target} | {measured} | {'yes' if met else 'no'} |")
-        lines.append("")
-    return "\n".join(lines)
+    def section_comparisons(self, baseline):
+        if baseline is None or not self.comparisons:
+            return
+        reps = self.args.repetitions
+        worse = []
+        self.lines += [
+            "## Against the baseline",
+            "",
+            f"The current build (`{self.bench.current.revision}`) and the baseline (`{baseline.revision}`), measured in",
+            "the same run, trial by trial in turn. Each figure is the median of its repetitions (min–max); the",
+            "ratio is the median over the repetitions of current / baseline within one, so that a machine that",
+            f"slows down for a while slows both. A figure is marked **worse** only when all {reps} repetitions of the",
+            f"current build are worse than all {reps} of the baseline (when the builds do not differ, chance alone",
+            f"does that once in {math.comb(2 * reps, reps)}) and the medians differ by more than the larger of the two",
+            f"builds' own spread over the repetitions, and by more than {FLOOR:.0%}; **better** likewise; otherwise",
+            "the difference is within what this run measured as noise.",
+            "",
+            "| section | figure | current | baseline | current / baseline | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
+        for title, label, current, base, digits in self.comparisons:
+            ratios = [ratio(c, b) for c, b in zip(current, base)]
+            judged = verdict(current, base)
+            shown = {"worse": "**worse**", "better": "**better**", "same": "same"}[judged]
+            if judged == "worse":
+                worse.append(f"{title}: {label}")
+            self.lines.append(
+                f"| {title} | {label} | {rep_cell(current, digits)} | {rep_cell(base, digits)} | "
+                f"{rep_cell(ratios)}x | {shown} |"
+            )
+        self.lines += [
+            "",
+            f"Regressions: {'; '.join(worse) if worse else 'none'}.",
+            "",
+        ]
 
 
 def human_size(size):
@@ -800,23 +1079,28 @@ def parse_sizes(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for name in ["runner", "wasmtime", "hyperfine", "hello", "testjob", "primes", "count-primes-wasm",
-                 "count-primes-native", "count-primes-native-nodivl", "benchjob", "raw-commit", "python-hello", "startup",
-                 "static-runner", "image-layout", "s3s-fs"]:
+                 "count-primes-native", "count-primes-native-nodivl", "benchjob", "raw-commit", "python-hello",
+                 "python-command", "startup", "static-runner", "image-layout", "s3s-fs", "baseline-runner",
+                 "baseline-static-runner", "baseline-image-layout"]:
         parser.add_argument(f"--{name}", help=f"path of {name}")
+    parser.add_argument("--current-rev", help="what the runner was built from, for the report")
+    parser.add_argument("--baseline-rev", help="what the baseline runner was built from, for the report")
     parser.add_argument("--work", required=True, help="scratch directory (removed first); its file system is measured")
     parser.add_argument("--out", required=True, help="the Markdown report to write")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections: {','.join(SECTIONS)}")
+    parser.add_argument("--repetitions", type=int, default=3, help="runs of each section but compute")
     parser.add_argument("--start-trials", type=int, default=40)
-    parser.add_argument("--python-first-trials", type=int, default=5)
+    parser.add_argument("--python-first-trials", type=int, default=3)
+    parser.add_argument("--python-trials", type=int, default=20)
     parser.add_argument("--request-trials", type=int, default=200)
-    parser.add_argument("--deadline-trials", type=int, default=100)
+    parser.add_argument("--deadline-trials", type=int, default=200)
     parser.add_argument("--primes-limit", type=int, default=20_000_000)
     parser.add_argument("--compute-runs", type=int, default=7)
-    parser.add_argument("--commit-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50,{64 * MIB}:16"),
+    parser.add_argument("--commit-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50,{64 * MIB}:8"),
                         help="SIZE:COUNT,... (bytes, commits per round)")
     parser.add_argument("--s3-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50"),
                         help="SIZE:COUNT,... for the s3 section")
-    parser.add_argument("--container-trials", type=int, default=20)
+    parser.add_argument("--container-trials", type=int, default=10)
     parser.add_argument("--command-line", default="", help="the command that ran this, for the report")
     args = parser.parse_args()
 
@@ -837,6 +1121,10 @@ def main():
         "python": ["runner", "python_hello", "startup"],
         "container": ["image_layout", "static_runner"],
     }
+    if args.python_command:
+        needs["python"].append("wasmtime")
+    if args.baseline_runner:
+        needs["container"] += ["baseline_image_layout", "baseline_static_runner"]
     for section in sections:
         for name in needs[section]:
             path = getattr(args, name)
@@ -846,10 +1134,11 @@ def main():
     began = time.monotonic()
     bench = Bench(args)
     bench.setup()
-    for section in SECTIONS:
-        if section in sections:
-            getattr(bench, section)()
-    text = report(bench, args, time.monotonic() - began)
+    for rep in range(args.repetitions):
+        for section in SECTIONS:
+            if section in sections:
+                getattr(bench, section)(rep)
+    text = Report(bench, args).build(time.monotonic() - began)
     with open(args.out, "w") as out:
         out.write(text)
     print(text)

@@ -2,19 +2,32 @@
 //! `runner compile`. Both hold the same record:
 //!
 //! ```text
-//! MAGIC (16 bytes) | SHA-256 of the job's .wasm (32) | SHA-256 of the artifact (32) | artifact
+//! artifact | SHA-256 of the job's .wasm (32 bytes) | SHA-256 of the artifact (32) | MAGIC (16)
 //! ```
 //!
-//! where the artifact is wasmtime's serialized component. The first digest keeps a
-//! compiled job's checkpoints those of its `.wasm`; the second catches a damaged file
-//! before wasmtime maps it as code. Whether the artifact fits this runner's wasmtime
-//! version and engine settings, wasmtime checks when it loads it.
+//! where the artifact is wasmtime's serialized component, an ELF file that wasmtime maps
+//! from the record's file as it stands (the trailer after it is no part of the ELF), so
+//! that loading a compiled job copies nothing. The first digest keeps a compiled job's
+//! checkpoints those of its `.wasm`; the second catches a damaged file before wasmtime
+//! maps it as code. Whether the artifact fits this runner's wasmtime version and engine
+//! settings, wasmtime checks when it loads it. Version 1 of the record put the same
+//! fields before the artifact, which wasmtime could then only load from a copy.
+//!
+//! The cache also remembers, under `ids/`, the SHA-256 of each `.wasm` it has seen by
+//! the file's identity ([`FileId`]), so that a cached start does not read and hash the
+//! whole `.wasm` (20 MB for a Python job) to find its entry:
+//!
+//! ```text
+//! ID_MAGIC (16 bytes) | SHA-256 of the .wasm (32) | SHA-256 of ID_MAGIC, the identity and that digest (32)
+//! ```
 
-use std::fs;
+use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
 use std::io::Write as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::PoisonError;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest as _, Sha256};
@@ -23,60 +36,208 @@ use wasmtime::component::Component;
 
 use crate::checkpoint::format::Digest;
 
-/// The start of a compiled job; the last byte is the record's version.
-const MAGIC: &[u8; 16] = b"runner-cwasm\0\0\0\x01";
-const HEADER: usize = MAGIC.len() + 32 + 32;
+/// The end of a compiled job; the last byte is the record's version.
+const MAGIC: &[u8; 16] = b"runner-cwasm\0\0\0\x02";
+const TRAILER: usize = 32 + 32 + MAGIC.len();
 
-/// Whether `bytes` are a compiled job (of any version of the record).
+/// What starts a compiled job: wasmtime's artifact is an ELF file.
+const ELF: &[u8; 4] = b"\x7fELF";
+
+/// The start of a remembered digest (`ids/*.id`); the last byte is its version.
+const ID_MAGIC: &[u8; 16] = b"runner-wasm-id\0\x01";
+const ID_LEN: usize = ID_MAGIC.len() + 32 + 32;
+
+/// How much of each end of a job file its identity includes.
+const ID_SAMPLE: u64 = 64 * 1024;
+
+/// How long ago a job file must have last changed for its identity to stand for its
+/// contents: a file changed again within the file system's timestamp granularity
+/// could keep its times (git's "racily clean" files), never one changed later.
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// Whether a file starting with `bytes` is a compiled job: of this version (an ELF
+/// file, checked for the trailer when loaded) or of version 1 (which started with its
+/// magic).
 pub fn is_compiled(bytes: &[u8]) -> bool {
-    bytes.starts_with(&MAGIC[..MAGIC.len() - 1])
+    bytes.starts_with(ELF) || bytes.starts_with(&MAGIC[..MAGIC.len() - 1])
 }
 
 /// The record of `component`, compiled from a `.wasm` whose SHA-256 is `module`.
 pub fn encode(module: &Digest, component: &Component) -> Result<Vec<u8>> {
-    let artifact = component
+    let mut record = component
         .serialize()
         .map_err(|error| anyhow!("cannot serialize the compiled job: {error:#}"))?;
-    let mut record = Vec::with_capacity(HEADER + artifact.len());
-    record.extend_from_slice(MAGIC);
+    let artifact = Sha256::digest(&record);
+    record.reserve_exact(TRAILER);
     record.extend_from_slice(module);
-    record.extend_from_slice(&Sha256::digest(&artifact));
     record.extend_from_slice(&artifact);
+    record.extend_from_slice(MAGIC);
     Ok(record)
 }
 
-/// Loads a record made by [`encode`]: the component, and the digest of its `.wasm`.
-/// `Err` says what is wrong: damaged, another record version, or compiled by a runner
-/// whose wasmtime or engine settings differ.
+/// Loads the record made by [`encode`] in `file`, at `path`: the component, and the
+/// digest of its `.wasm`. `Err` says what is wrong: damaged, another record version,
+/// or compiled by a runner whose wasmtime or engine settings differ.
 #[expect(
     unsafe_code,
     reason = "loading compiled code is unsafe in wasmtime; the one place the runner does it"
 )]
-pub fn decode(engine: &Engine, record: &[u8]) -> Result<(Component, Digest)> {
-    if record.len() < HEADER || !is_compiled(record) {
-        bail!("it is truncated or not a compiled job");
-    }
-    if record[..MAGIC.len()] != MAGIC[..] {
-        bail!(
-            "it is a compiled job of record version {}, this runner reads version {}",
-            record[MAGIC.len() - 1],
+pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Component, Digest)> {
+    let len = file.metadata().context("cannot read it")?.len();
+    let mut head = [0; 16];
+    let head_len = read_at_most(file, &mut head, 0).context("cannot read it")?;
+    let version_error = |version: u8| {
+        anyhow!(
+            "it is a compiled job of record version {version}, this runner reads version {}",
             MAGIC[MAGIC.len() - 1]
+        )
+    };
+    if head[..head_len].starts_with(&MAGIC[..MAGIC.len() - 1]) && head_len == MAGIC.len() {
+        return Err(version_error(head[MAGIC.len() - 1]));
+    }
+    let Some(artifact_len) = len
+        .checked_sub(TRAILER as u64)
+        .filter(|_| head.starts_with(ELF))
+    else {
+        bail!("it is truncated or not a compiled job");
+    };
+    let mut trailer = [0; TRAILER];
+    file.read_exact_at(&mut trailer, artifact_len)
+        .context("cannot read it")?;
+    let (digests, magic) = trailer.split_at(64);
+    if magic[..MAGIC.len() - 1] != MAGIC[..MAGIC.len() - 1] {
+        bail!(
+            "it is truncated or not a compiled job (an ELF file without the runner's trailer: \
+             a program, or a file `wasmtime compile` wrote?)"
         );
     }
-    let module: Digest = record[MAGIC.len()..MAGIC.len() + 32]
-        .try_into()
-        .expect("32 bytes");
-    let artifact = &record[HEADER..];
-    if Sha256::digest(artifact)[..] != record[MAGIC.len() + 32..HEADER] {
+    if magic[MAGIC.len() - 1] != MAGIC[MAGIC.len() - 1] {
+        return Err(version_error(magic[MAGIC.len() - 1]));
+    }
+    let mut checksum = Sha256::new();
+    let mut chunk = vec![0; 1 << 20];
+    let mut at = 0;
+    while at < artifact_len {
+        let want = chunk
+            .len()
+            .min(usize::try_from(artifact_len - at).unwrap_or(usize::MAX));
+        file.read_exact_at(&mut chunk[..want], at)
+            .context("cannot read it")?;
+        checksum.update(&chunk[..want]);
+        at += want as u64;
+    }
+    if checksum.finalize()[..] != digests[32..] {
         bail!("it is damaged (its checksum does not match)");
     }
-    // SAFETY: wasmtime maps the artifact as executable code. It is whole (the checksum
-    // above) and was written by `encode`, from wasmtime's own serialization, by this or
-    // another runner; wasmtime refuses one from another version or configuration. A
-    // compiled job is trusted as the runner binary is: build it with `runner compile`.
-    let component = unsafe { Component::deserialize(engine, artifact) }
-        .map_err(|error| anyhow!("{error:#}"))?;
+    let module: Digest = digests[..32].try_into().expect("32 bytes");
+    // SAFETY: wasmtime maps the artifact as executable code, from the file at `path`, or
+    // from a copy of it read from `file`. It is whole (the checksum above) and was
+    // written by `encode`, from wasmtime's own serialization, by this or another runner;
+    // wasmtime refuses one from another version or configuration. Records are only ever
+    // replaced by a rename, never written in place, so the file at `path` is the one
+    // checked, or another whole record of the same job. A compiled job is trusted as the
+    // runner binary is: build it with `runner compile`.
+    let component = match unsafe { Component::deserialize_file(engine, path) } {
+        Ok(component) => component,
+        // A file system mounted `noexec` (Docker's `--tmpfs` is) refuses to map code
+        // from its files: load a copy instead. A record wasmtime refuses, it refuses
+        // again here, saying why.
+        Err(_) => {
+            let mut artifact = vec![0; usize::try_from(artifact_len)?];
+            file.read_exact_at(&mut artifact, 0)
+                .context("cannot read it")?;
+            unsafe { Component::deserialize(engine, &artifact) }
+                .map_err(|error| anyhow!("{error:#}"))?
+        }
+    };
     Ok((component, module))
+}
+
+/// Reads up to `buf.len()` bytes at `offset`, fewer only at the end of the file.
+fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], offset + filled as u64) {
+            Ok(0) => break,
+            Ok(read) => filled += read,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(filled)
+}
+
+/// What identifies a job file's contents without reading them all: its device and
+/// inode, its size, its modification and change times to the nanosecond, and its first
+/// and last 64 KiB. The file cannot change without its change time moving (no call sets
+/// it), so once that time is [`SETTLED`] in the past, the same identity means the same
+/// bytes; the ends catch a copy of a file system whose files differ but kept their
+/// times (a cloned disk changed at the block level).
+#[derive(Debug, Clone)]
+pub struct FileId {
+    key: [u8; 32],
+    settled: bool,
+}
+
+impl FileId {
+    /// The identity of the open job file `file`.
+    pub fn of(file: &File) -> std::io::Result<FileId> {
+        let meta = file.metadata()?;
+        let mut key = Sha256::new();
+        key.update(ID_MAGIC);
+        for field in [
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime() as u64,
+            meta.mtime_nsec() as u64,
+            meta.ctime() as u64,
+            meta.ctime_nsec() as u64,
+        ] {
+            key.update(field.to_le_bytes());
+        }
+        let size = meta.size();
+        let head = size.min(ID_SAMPLE);
+        let tail = size.saturating_sub(ID_SAMPLE).max(head);
+        for (offset, len) in [(0, head), (tail, size - tail)] {
+            let mut sample = vec![0; len as usize];
+            file.read_exact_at(&mut sample, offset)?;
+            key.update(&sample);
+        }
+        let changed = [
+            (meta.mtime(), meta.mtime_nsec()),
+            (meta.ctime(), meta.ctime_nsec()),
+        ]
+        .into_iter()
+        .map(|(secs, nanos)| {
+            u64::try_from(secs).map_or(UNIX_EPOCH, |secs| {
+                UNIX_EPOCH + Duration::new(secs, u32::try_from(nanos).unwrap_or(0))
+            })
+        })
+        .max()
+        .unwrap_or(UNIX_EPOCH);
+        let settled = SystemTime::now()
+            .duration_since(changed)
+            .is_ok_and(|since| since >= SETTLED);
+        Ok(FileId {
+            key: key.finalize().into(),
+            settled,
+        })
+    }
+
+    /// The remembered digest's record: [`ID_MAGIC`], `digest`, and a checksum binding
+    /// both to this identity.
+    fn record(&self, digest: &Digest) -> [u8; ID_LEN] {
+        let mut record = [0; ID_LEN];
+        record[..ID_MAGIC.len()].copy_from_slice(ID_MAGIC);
+        record[ID_MAGIC.len()..ID_MAGIC.len() + 32].copy_from_slice(digest);
+        let check = Sha256::new()
+            .chain_update(&record[..ID_MAGIC.len() + 32])
+            .chain_update(self.key)
+            .finalize();
+        record[ID_MAGIC.len() + 32..].copy_from_slice(&check);
+        record
+    }
 }
 
 /// The compiled-job cache: one record per job and engine, in one directory.
@@ -108,8 +269,8 @@ impl Cache {
     /// incompatible entry is reported and ignored: the caller compiles and replaces it.
     pub fn get(&self, engine: &Engine, module: &Digest) -> Option<Component> {
         let path = self.entry(engine, module);
-        let record = fs::read(&path).ok()?;
-        match decode(engine, &record) {
+        let file = File::open(&path).ok()?;
+        match load(engine, &file, &path) {
             Ok((component, digest)) if digest == *module => Some(component),
             Ok(_) => {
                 tracing::warn!(
@@ -125,6 +286,48 @@ impl Cache {
                 );
                 None
             }
+        }
+    }
+
+    /// Where the digest of the `.wasm` with identity `id` is remembered.
+    fn id_entry(&self, id: &FileId) -> PathBuf {
+        self.dir
+            .join("ids")
+            .join(format!("{}.id", crate::human::hex(&id.key[..16])))
+    }
+
+    /// The SHA-256 of the `.wasm` with identity `id`, if the cache remembers it. A
+    /// damaged record is reported and ignored: the caller hashes the file.
+    pub fn digest_of(&self, id: &FileId) -> Option<Digest> {
+        let path = self.id_entry(id);
+        let record = fs::read(&path).ok()?;
+        let digest: Digest = record
+            .get(ID_MAGIC.len()..ID_MAGIC.len() + 32)?
+            .try_into()
+            .expect("32 bytes");
+        if record[..] != id.record(&digest)[..] {
+            tracing::warn!(
+                "ignoring `{}` in the cache: it is damaged; reading the job file whole",
+                path.display()
+            );
+            return None;
+        }
+        Some(digest)
+    }
+
+    /// Remembers that the `.wasm` with identity `id` has SHA-256 `digest`, unless the
+    /// file changed too recently for its identity to stand for its contents. As
+    /// [`put`](Cache::put), a failure is reported and otherwise ignored.
+    pub fn remember(&self, id: &FileId, digest: &Digest) {
+        if !id.settled {
+            return;
+        }
+        let path = self.id_entry(id);
+        if let Err(error) = write_atomically(&path, &id.record(digest)) {
+            tracing::warn!(
+                "cannot cache the job file's digest in `{}`: {error:#}",
+                self.dir.display()
+            );
         }
     }
 
@@ -156,7 +359,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         name.to_string_lossy(),
         std::process::id()
     ));
-    let written = fs::File::create(&temp)
+    let written = File::create(&temp)
         .and_then(|mut file| file.write_all(bytes))
         .and_then(|()| fs::rename(&temp, path));
     if let Err(error) = written {
@@ -213,5 +416,68 @@ impl Hasher for ShaHasher {
     fn finish(&self) -> u64 {
         let digest = self.0.clone().finalize();
         u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_digest_is_remembered_for_a_settled_identity_only_and_read_back_whole() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let job = dir.path().join("job.wasm");
+        fs::write(&job, vec![7; 200_000]).expect("write");
+        let cache = Cache::new(dir.path().join("cache"));
+        let digest = [1; 32];
+
+        // Just written: it could change again without its times moving.
+        let fresh = FileId::of(&File::open(&job).expect("open")).expect("identity");
+        assert!(!fresh.settled);
+        cache.remember(&fresh, &digest);
+        assert_eq!(cache.digest_of(&fresh), None);
+        assert!(!dir.path().join("cache").exists());
+
+        let settled = FileId {
+            settled: true,
+            ..fresh.clone()
+        };
+        cache.remember(&settled, &digest);
+        assert_eq!(cache.digest_of(&settled), Some(digest));
+
+        // Another identity (the same file changed: its times and its last bytes) does
+        // not find it.
+        fs::write(&job, [vec![7; 199_999], vec![8]].concat()).expect("write");
+        let changed = FileId::of(&File::open(&job).expect("open")).expect("identity");
+        assert_ne!(changed.key, fresh.key);
+        assert_eq!(
+            cache.digest_of(&FileId {
+                settled: true,
+                ..changed
+            }),
+            None
+        );
+
+        // A record that does not check out is not trusted.
+        let path = cache.id_entry(&settled);
+        let mut record = fs::read(&path).expect("read");
+        record[ID_MAGIC.len()] ^= 1;
+        fs::write(&path, &record).expect("write");
+        assert_eq!(cache.digest_of(&settled), None);
+        fs::write(&path, &record[..40]).expect("write");
+        assert_eq!(cache.digest_of(&settled), None);
+    }
+
+    #[test]
+    fn a_small_file_s_identity_reads_it_once() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let job = dir.path().join("job.wasm");
+        for len in [0, 1, 65_536, 65_537, 131_072, 131_073] {
+            fs::write(&job, vec![3; len]).expect("write");
+            let file = File::open(&job).expect("open");
+            if let Err(error) = FileId::of(&file) {
+                panic!("no identity for a file of {len} bytes: {error}");
+            }
+        }
     }
 }

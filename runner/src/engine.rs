@@ -1,6 +1,8 @@
 //! The wasmtime engine for one job: its configuration, arming the forced stop's epoch,
 //! loading the job's component into it, and calling the job.
 
+use std::fs::File;
+use std::io::Read as _;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -11,7 +13,7 @@ use wasmtime_wasi::p2::bindings::CommandPre;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::artifact::{self, Cache, WriteGate};
+use crate::artifact::{self, Cache, FileId, WriteGate};
 use crate::checkpoint::MAX_RECORD_LEN;
 use crate::checkpoint::format::Digest;
 use crate::host::{self, JobOutcome, JobPre, JobState};
@@ -42,9 +44,10 @@ pub fn for_run(shutdown: &Shutdown) -> Result<Engine> {
 /// engine's current epoch, so that the single bump of a forced stop traps the job at its
 /// next epoch check.
 ///
-/// Its host calls may copy in up to [`MAX_RECORD_LEN`] bytes (wasmtime's default is 128
-/// MiB): a save of up to [`MAX_STATE_LEN`](crate::checkpoint::MAX_STATE_LEN) bytes
-/// reaches the store, and a larger one up to that bound gets `too-large`.
+/// Its host calls may take in up to [`MAX_RECORD_LEN`] bytes (wasmtime's default is 128
+/// MiB, and counts a list the host only views, as `save` does): a save of up to
+/// [`MAX_STATE_LEN`](crate::checkpoint::MAX_STATE_LEN) bytes reaches the store, and a
+/// larger one up to that bound gets `too-large`.
 pub fn new_store(engine: &Engine, data: JobState) -> wasmtime::Store<JobState> {
     let mut store = wasmtime::Store::new(engine, data);
     store.set_hostcall_fuel(usize::try_from(MAX_RECORD_LEN).unwrap_or(usize::MAX));
@@ -171,20 +174,49 @@ pub fn compile_to_file(job: &Path, output: &Path, gate: &WriteGate) -> Option<Re
 }
 
 /// The job at `path` compiled, and the SHA-256 of its `.wasm`: loaded from a compiled
-/// job (`runner compile`), from `cache`, or compiled now (and then cached).
+/// job (`runner compile`), from `cache`, or compiled now (and then cached). A cache that
+/// remembers the file's identity spares reading it whole.
 fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(Component, Digest)> {
     let shown = path.display();
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read job `{shown}`"))?;
-    if check_header(path, &bytes)? {
-        return artifact::decode(engine, &bytes).map_err(|error| {
+    let cannot_read = || format!("cannot read job `{shown}`");
+    let mut file = File::open(path).with_context(cannot_read)?;
+    let mut head = Vec::with_capacity(16);
+    (&file)
+        .take(16)
+        .read_to_end(&mut head)
+        .with_context(cannot_read)?;
+    let compiled = check_header(path, &head)?;
+    let known = match cache {
+        Some(cache) if !compiled => FileId::of(&file)
+            .ok()
+            .map(|id| (cache, cache.digest_of(&id), id)),
+        _ => None,
+    };
+    if let Some((cache, Some(digest), _)) = &known
+        && let Some(component) = cache.get(engine, digest)
+    {
+        return Ok((component, *digest));
+    }
+    if compiled {
+        return artifact::load(engine, &file, path).map_err(|error| {
             anyhow!(
                 "job `{shown}` is a compiled job this runner cannot load: {error:#}; compile \
                  it again from its .wasm with this runner (`runner compile`)"
             )
         });
     }
+    let mut bytes = head;
+    file.read_to_end(&mut bytes).with_context(cannot_read)?;
     let digest: Digest = Sha256::digest(&bytes).into();
-    if let Some(component) = cache.and_then(|cache| cache.get(engine, &digest)) {
+    if let Some((cache, remembered, id)) = &known {
+        if *remembered != Some(digest) {
+            cache.remember(id, &digest);
+            // Not looked up above under this digest.
+            if let Some(component) = cache.get(engine, &digest) {
+                return Ok((component, digest));
+            }
+        }
+    } else if let Some(component) = cache.and_then(|cache| cache.get(engine, &digest)) {
         return Ok((component, digest));
     }
     let component = Component::new(engine, &bytes)
@@ -199,9 +231,8 @@ fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(C
 /// compiled job) from its first bytes: cheap, so that a run checks it before it touches
 /// the job's state.
 pub fn check_job_file(path: &Path) -> Result<()> {
-    use std::io::Read as _;
     let mut head = Vec::with_capacity(16);
-    std::fs::File::open(path)
+    File::open(path)
         .and_then(|file| file.take(16).read_to_end(&mut head))
         .with_context(|| format!("cannot read job `{}`", path.display()))?;
     check_header(path, &head).map(drop)

@@ -1,6 +1,7 @@
 //! A smoke run of the benchmark's harness (`bench/bench.py`) with tiny counts, on the
-//! test build of the runner and the test job. Its figures mean nothing; it keeps the
-//! harness in step with what the runner and the job print.
+//! test build of the runner and the test job, the same build standing in for the
+//! baseline. Its figures mean nothing; it keeps the harness in step with what the runner
+//! and the job print.
 
 use std::path::Path;
 use std::process::Command;
@@ -17,9 +18,19 @@ fn the_bench_harness_measures_the_stop_paths() {
     let output = Command::new("python3")
         .arg(harness)
         .args(["--only", "request,deadline"])
-        .args(["--request-trials", "3", "--deadline-trials", "2"])
+        .args([
+            "--request-trials",
+            "3",
+            "--deadline-trials",
+            "2",
+            "--repetitions",
+            "2",
+        ])
         .arg("--runner")
         .arg(env!("CARGO_BIN_EXE_runner"))
+        .arg("--baseline-runner")
+        .arg(env!("CARGO_BIN_EXE_runner"))
+        .args(["--current-rev", "test", "--baseline-rev", "test"])
         .arg("--testjob")
         .arg(TESTJOB)
         .arg("--work")
@@ -35,10 +46,13 @@ fn the_bench_harness_measures_the_stop_paths() {
     );
     let report = std::fs::read_to_string(&report).expect("the harness writes its report");
     for row in [
-        "| polling the flag | 3 |",
-        "| blocked in poll on the pollable | 3 |",
-        "| spinning in a loop | 2 |",
-        "| blocked in a host call (sleep) | 2 |",
+        "| polling the flag | 6 |",
+        "| blocked in poll on the pollable | 6 |",
+        "| spinning in a loop | 4 |",
+        "| blocked in a host call (sleep) | 4 |",
+        "## Against the baseline",
+        "| Forced stop: grace deadline to process exit | spinning in a loop: p99 |",
+        "Regressions: ",
         "| request → job p99 < 1 ms |",
         "| deadline → exit p99 < 5 ms |",
     ] {

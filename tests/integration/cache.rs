@@ -8,23 +8,39 @@ use std::process::Stdio;
 use sha2::{Digest, Sha256};
 use test_guests::PRIMES;
 
-use crate::util::{Finished, Running, SIGTERM, Sandbox, bare_runner, run};
+use crate::util::{Finished, Running, SIGTERM, Sandbox, bare_runner, run, wait_until};
 
-/// The start of a compiled job, version 1 (see runner/src/artifact.rs).
-const MAGIC: &[u8; 16] = b"runner-cwasm\0\0\0\x01";
+/// The end of a compiled job, version 2 (see runner/src/artifact.rs): after the artifact,
+/// the SHA-256 of the `.wasm`, the SHA-256 of the artifact, and this.
+const MAGIC: &[u8; 16] = b"runner-cwasm\0\0\0\x02";
+const TRAILER: usize = 32 + 32 + 16;
 
-/// The cache's entries (files named `*.cwasm`), and nothing else may be there.
-fn entries(dir: &Path) -> Vec<PathBuf> {
+/// The files directly in `dir` with extension `ext`, and nothing else may be there but
+/// `also` (a temporary file left behind would be).
+fn files(dir: &Path, ext: &str, also: Option<&str>) -> Vec<PathBuf> {
     let Ok(listing) = fs::read_dir(dir) else {
         return Vec::new();
     };
-    let all: Vec<PathBuf> = listing.map(|entry| entry.expect("entry").path()).collect();
+    let all: Vec<PathBuf> = listing
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| also.is_none_or(|also| !path.ends_with(also)))
+        .collect();
     assert!(
         all.iter()
-            .all(|path| path.extension().is_some_and(|ext| ext == "cwasm")),
+            .all(|path| path.extension().is_some_and(|found| found == ext)),
         "a temporary file was left behind: {all:?}"
     );
     all
+}
+
+/// The cache's entries (files named `*.cwasm`); besides them only `ids/`.
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    files(dir, "cwasm", Some("ids"))
+}
+
+/// The job files' digests the cache remembers (`ids/*.id`).
+fn ids(dir: &Path) -> Vec<PathBuf> {
+    files(&dir.join("ids"), "id", None)
 }
 
 fn primes(sandbox: &Sandbox) -> Finished {
@@ -72,7 +88,8 @@ fn a_damaged_cache_entry_is_ignored_and_replaced() {
         (flipped, "it is damaged (its checksum does not match)"),
         (
             whole[..whole.len() / 2].to_vec(),
-            "it is damaged (its checksum does not match)",
+            "it is truncated or not a compiled job (an ELF file without the runner's \
+             trailer: a program, or a file `wasmtime compile` wrote?)",
         ),
         (
             whole[..40].to_vec(),
@@ -89,6 +106,41 @@ fn a_damaged_cache_entry_is_ignored_and_replaced() {
         ));
         assert_eq!(fs::read(&entry).expect("entry"), whole, "not replaced");
     }
+}
+
+/// Wasmtime maps a compiled job from its file; a file system mounted `noexec` (as
+/// Docker's `--tmpfs` is by default) refuses that, and the runner loads a copy instead of
+/// compiling the job again.
+#[test]
+fn a_cache_on_a_noexec_file_system_is_loaded_all_the_same() {
+    let sandbox = Sandbox::new();
+    let cache = sandbox.cache_dir();
+    fs::create_dir_all(&cache).expect("cache dir");
+    let script = r#"
+        set -e
+        mount -t tmpfs -o noexec tmpfs "$CACHE"
+        for id in p1 p2; do
+            "$RUNNER" --state-dir "$STATE" --cache-dir "$CACHE" --job-id $id "$PRIMES" 1000
+        done
+        ls "$CACHE"
+    "#;
+    let done = run(std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", script])
+        .env("CACHE", &cache)
+        .env("STATE", sandbox.state_dir())
+        .env("RUNNER", env!("CARGO_BIN_EXE_runner"))
+        .env("PRIMES", PRIMES));
+    done.assert_code(0);
+    assert_eq!(
+        done.stdout.matches("primes below 1000: 168\n").count(),
+        2,
+        "{}",
+        done.stdout
+    );
+    assert!(done.stdout.contains(".cwasm"), "{}", done.stdout);
+    // The first run compiled it (and said nothing about it); the second loaded it.
+    assert!(!done.stderr.contains("ignoring"), "{}", done.stderr);
+    assert!(!done.stderr.contains("compil"), "{}", done.stderr);
 }
 
 #[test]
@@ -121,6 +173,132 @@ fn runners_sharing_a_cache_at_once_all_run() {
         assert_eq!(done.stdout, "primes below 1000: 168\n");
     }
     assert_eq!(entries(&sandbox.cache_dir()).len(), 1);
+}
+
+/// `primes` with a custom section of `padding` zero bytes appended: the same job, in a
+/// file large enough to tell reading its ends from reading it whole.
+fn padded_primes(padding: usize) -> Vec<u8> {
+    fn leb128(mut value: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (value & 0x7f) as u8;
+            value >>= 7;
+            if value == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"runner-test-padding";
+    let mut body = vec![name.len() as u8];
+    body.extend_from_slice(name);
+    body.resize(body.len() + padding, 0);
+    let mut bytes = fs::read(PRIMES).expect("read primes");
+    bytes.push(0);
+    leb128(body.len(), &mut bytes);
+    bytes.extend_from_slice(&body);
+    bytes
+}
+
+/// Runs `primes` from `job` as job `id` under strace: how many bytes of `job` the runner
+/// read, and the record the job's completion left.
+fn bytes_read_running(sandbox: &Sandbox, job: &Path, id: &str) -> (u64, [u8; 32]) {
+    let trace = sandbox.path().join(format!("{id}.strace"));
+    let runner = sandbox.runner();
+    let mut command = std::process::Command::new("strace");
+    command
+        .args(["-f", "-qq", "-e", "trace=read,pread64", "-P"])
+        .arg(job)
+        .arg("-o")
+        .arg(&trace)
+        .arg(runner.get_program())
+        .args(runner.get_args())
+        .args(["--job-id", id])
+        .arg(job)
+        .arg("1000");
+    for (name, value) in runner.get_envs() {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let done = run(&mut command);
+    done.assert_code(0);
+    assert_eq!(done.stdout, "primes below 1000: 168\n");
+    let read = fs::read_to_string(&trace)
+        .expect("strace's output")
+        .lines()
+        .filter_map(|line| line.rsplit_once(" = ")?.1.parse::<u64>().ok())
+        .sum();
+    let record = sandbox.checkpoint(id).expect("the completion's record");
+    (read, record.module_digest)
+}
+
+#[test]
+fn a_cached_start_knows_the_job_file_by_its_identity_and_a_changed_file_is_read_again() {
+    let sandbox = Sandbox::new();
+    let job = sandbox.path().join("job.wasm");
+    let bytes = padded_primes(4 << 20);
+    fs::write(&job, &bytes).expect("write the job");
+    let size = bytes.len() as u64;
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+
+    // Its first run reads it whole, hashes it, compiles it.
+    let (read, recorded) = bytes_read_running(&sandbox, &job, "p1");
+    assert!(read >= size, "read {read} of {size} bytes");
+    assert_eq!(recorded, digest);
+    assert_eq!(entries(&sandbox.cache_dir()).len(), 1);
+
+    // Once it has not changed for 2 s (its times could survive a change within their
+    // granularity, not a later one), a run remembers its digest by its identity.
+    let modified = fs::metadata(&job).expect("stat").modified().expect("mtime");
+    let settle = || {
+        wait_until("the job file to settle", || {
+            let meta = fs::metadata(&job).expect("stat");
+            let changed = std::time::UNIX_EPOCH
+                + std::time::Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32);
+            (changed.elapsed().unwrap_or_default() > std::time::Duration::from_millis(2100))
+                .then_some(())
+        })
+    };
+    settle();
+    let (_, recorded) = bytes_read_running(&sandbox, &job, "p2");
+    assert_eq!(recorded, digest);
+    assert_eq!(ids(&sandbox.cache_dir()).len(), 1);
+
+    // Known by its identity: its ends read, not the rest.
+    let (read, recorded) = bytes_read_running(&sandbox, &job, "p3");
+    assert!(read < 256 * 1024, "read {read} of {size} bytes");
+    assert_eq!(recorded, digest);
+
+    // Changed in place, to the same size, with its modification time put back: its
+    // change time moved, so it is read whole and its checkpoints name the new bytes.
+    let mut changed_bytes = bytes.clone();
+    let middle = changed_bytes.len() - (2 << 20);
+    changed_bytes[middle] = 1;
+    {
+        use std::os::unix::fs::FileExt;
+        let file = fs::OpenOptions::new().write(true).open(&job).expect("open");
+        file.write_all_at(&[1], middle as u64).expect("write");
+        file.set_modified(modified).expect("put the mtime back");
+    }
+    let (read, recorded) = bytes_read_running(&sandbox, &job, "p4");
+    assert!(read >= size, "read {read} of {size} bytes");
+    assert_eq!(recorded, <[u8; 32]>::from(Sha256::digest(&changed_bytes)));
+
+    // A damaged record of a digest is not trusted: the file is read whole again.
+    settle();
+    bytes_read_running(&sandbox, &job, "p5");
+    let remembered = ids(&sandbox.cache_dir());
+    assert_eq!(remembered.len(), 2, "{remembered:?}");
+    for id in &remembered {
+        let mut record = fs::read(id).expect("read");
+        record[20] ^= 1;
+        fs::write(id, record).expect("damage");
+    }
+    let (read, recorded) = bytes_read_running(&sandbox, &job, "p6");
+    assert!(read >= size, "read {read} of {size} bytes");
+    assert_eq!(recorded, <[u8; 32]>::from(Sha256::digest(&changed_bytes)));
 }
 
 #[test]
@@ -167,23 +345,30 @@ fn a_compiled_job_this_runner_cannot_load_exits_2_saying_why() {
 
     // Wasmtime's own refusal: a whole record whose artifact another build would have
     // made differently (here: not an artifact at all).
-    let artifact = b"\x7fELF not an artifact of this runner's wasmtime".to_vec();
-    let mut foreign = MAGIC.to_vec();
-    foreign.extend_from_slice(&whole[16..48]);
-    foreign.extend_from_slice(&Sha256::digest(&artifact));
+    let wasm = &whole[whole.len() - TRAILER..whole.len() - TRAILER + 32];
+    let mut foreign = b"\x7fELF not an artifact of this runner's wasmtime".to_vec();
+    let artifact = Sha256::digest(&foreign);
+    foreign.extend_from_slice(wasm);
     foreign.extend_from_slice(&artifact);
+    foreign.extend_from_slice(MAGIC);
 
     let mut newer = whole.clone();
-    newer[15] = 2;
+    let last = newer.len() - 1;
+    newer[last] = 3;
+    let mut older = b"runner-cwasm\0\0\0\x01".to_vec();
+    older.extend_from_slice(&whole);
     let mut flipped = whole.clone();
-    let last = flipped.len() - 1;
-    flipped[last] ^= 1;
+    flipped[last - TRAILER - 100] ^= 1;
 
     for (bytes, said) in [
         (foreign, "is a compiled job this runner cannot load: "),
         (
             newer,
-            "it is a compiled job of record version 2, this runner reads version 1",
+            "it is a compiled job of record version 3, this runner reads version 2",
+        ),
+        (
+            older,
+            "it is a compiled job of record version 1, this runner reads version 2",
         ),
         (flipped, "it is damaged (its checksum does not match)"),
     ] {

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{HasSelf, Linker, ResourceTable, WasmList};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use checkpoint::Checkpoints;
@@ -29,11 +30,8 @@ mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "runner:job/job",
-        imports: {
-            // The only import that does I/O: async, so a forced stop can cancel it.
-            "runner:job/checkpoint.save": async | trappable,
-            default: trappable,
-        },
+        // `runner:job/checkpoint` is linked by hand (`add_checkpoint_to_linker`).
+        imports: { default: trappable },
         exports: { default: async },
         with: {
             "wasi": wasmtime_wasi::p2::bindings,
@@ -138,11 +136,33 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
             table: &mut state.table,
         }
     })?;
-    job::checkpoint::add_to_linker::<_, HasSelf<Checkpoints>>(linker, |state| {
-        &mut state.checkpoints
-    })?;
+    add_checkpoint_to_linker(linker)?;
     job::progress::add_to_linker::<_, HasSelf<Progress>>(linker, |state| &mut state.progress)?;
     Ok(())
+}
+
+/// `runner:job/checkpoint`, by hand rather than through the bindings: `save` takes the
+/// state as a view of the job's memory ([`WasmList`]), which the bindings would copy
+/// into a new `Vec` first, and copies it into the buffer [`Checkpoints`] keeps for it.
+/// The only import that does I/O: async, so that a forced stop can cancel it.
+fn add_checkpoint_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
+    let mut checkpoint = linker.instance("runner:job/checkpoint@0.1.0")?;
+    checkpoint.func_wrap("load", |store: StoreContextMut<'_, JobState>, (): ()| {
+        Ok((store.data().checkpoints.load(),))
+    })?;
+    checkpoint.func_wrap_async(
+        "save",
+        |mut store: StoreContextMut<'_, JobState>, (state,): (WasmList<u8>,)| {
+            Box::new(async move {
+                let len = state.len();
+                let mut buffer = store.data_mut().checkpoints.buffer(len);
+                if len as u64 <= crate::checkpoint::MAX_STATE_LEN {
+                    buffer.extend_from_slice(state.as_le_slice(&store));
+                }
+                Ok((store.data_mut().checkpoints.save(len, buffer).await?,))
+            })
+        },
+    )
 }
 
 /// A `--dir` mapping.
