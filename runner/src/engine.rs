@@ -83,7 +83,7 @@ impl Entry {
                 let instance = pre.instantiate_async(&mut *store).await?;
                 match instance.call_run(&mut *store).await? {
                     Ok(JobOutcome::Completed) => {
-                        if store.data_mut().complete().await.ok().flatten().is_none() {
+                        if store.data_mut().complete().await.is_none() {
                             tracing::warn!(
                                 "the job completed, but its completion is not recorded: a \
                                  run of it resumes from its last checkpoint"

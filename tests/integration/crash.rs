@@ -1,19 +1,20 @@
 //! Crash consistency of the commit protocol, with faults injected into the real runner
-//! by strace: SIGKILL at each step of a commit, and saves that fail with a full disk, a
-//! read-only file system or a failing fsync.
+//! by strace: SIGKILL at each step of a commit, saves that fail with a full disk, a
+//! read-only file system or a failing fsync, and a commit that never ends.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use test_guests::TESTJOB;
+use test_guests::{SEQUENCE, TESTJOB};
 
-use crate::util::{Running, Sandbox, run, sdk_state};
+use crate::util::{Running, SIGTERM, Sandbox, run, sdk_state, send_signal, wait_until};
 
 const LINES: u64 = 250;
 
 /// `strace` with a fault for `syscall` calls on `path` (the `when`-th one, counted per
-/// thread), running `runner`'s arguments. The runner's commits all run on one thread.
+/// thread), running `runner`'s arguments. The runner's commits all run on one thread, the job's.
 fn strace(syscall: &str, path: Option<&Path>, when: u32, fault: &str, runner: &Command) -> Command {
     let mut command = Command::new("strace");
     command.args(["-f", "-qq", "-o", "/dev/null"]);
@@ -85,11 +86,13 @@ fn kill_then_resume(
 fn a_kill_at_each_step_of_a_commit_leaves_the_old_or_the_new_state() {
     // Each step of the second commit (the first with an older state to keep), named,
     // with the record a crash there must leave: the old one (1) until the new one is
-    // renamed into place, then the new one (2).
+    // renamed into place, then the new one (2). Counted on the job's thread, where the
+    // commits run: the state directory's first fsync there is the fencing number's,
+    // written before a job with an output directory starts.
     let steps: [(&str, &str, u32, u64); 7] = [
         ("output fsync (file)", "out/out.txt", 2, 1),
         ("output fsync (directory)", "out", 2, 1),
-        ("write", "state/sequence/.tmp.checkpoint.1.2", 1, 1),
+        ("writev", "state/sequence/.tmp.checkpoint.1.2", 1, 1),
         ("fsync", "state/sequence/.tmp.checkpoint.1.2", 1, 1),
         (
             "rename to checkpoint.prev",
@@ -103,12 +106,12 @@ fn a_kill_at_each_step_of_a_commit_leaves_the_old_or_the_new_state() {
             1,
             1,
         ),
-        ("directory fsync", "state/sequence", 2, 2),
+        ("directory fsync", "state/sequence", 3, 2),
     ];
     for (step, path, when, expected) in steps {
         let sandbox = Sandbox::new();
         let syscall = match step {
-            "write" => "write",
+            "writev" => "writev",
             "rename to checkpoint.prev" => "rename",
             "rename into place" => "renameat",
             _ => "fsync",
@@ -222,7 +225,7 @@ fn a_save_whose_fsync_fails_returns_io_and_keeps_the_state() {
         Stdio::null(),
     );
     running.wait_for_line("ready");
-    crate::util::send_signal(running.child_pid(), libc::SIGTERM);
+    send_signal(running.child_pid(), libc::SIGTERM);
     let finished = running.wait();
     finished.assert_code(1);
     assert!(
@@ -236,4 +239,56 @@ fn a_save_whose_fsync_fails_returns_io_and_keeps_the_state() {
     assert_eq!(record.sequence, 1);
     assert_eq!(sdk_state(&record.payload), r#"{"note":"before","runs":1}"#);
     assert!(!temp.exists(), "the failed commit's file was left behind");
+}
+
+#[test]
+fn a_commit_stuck_in_fsync_is_left_behind_after_the_deadline() {
+    // A commit runs on the job's thread, where neither the epoch nor cancellation can
+    // interrupt it: for a store that stops answering (a hung network file system), the
+    // watchdog ends the run after the deadline. Here the second commit's fsync takes
+    // 20 s (strace holds the thread; it also holds the process's exit until then).
+    let sandbox = Sandbox::new();
+    let temp = sandbox.job_dir("sequence").join(".tmp.checkpoint.1.2");
+    let log = sandbox.path().join("termination-log");
+    let mut runner = sandbox.runner();
+    runner
+        .arg("--grace")
+        .arg("500ms")
+        .arg("--termination-log")
+        .arg(&log)
+        .arg("--output")
+        .arg(sandbox.output_dir())
+        .args([SEQUENCE, &LINES.to_string()]);
+    let running = Running::start(
+        &mut strace("fsync", Some(&temp), 1, "delay_enter=20000000", &runner),
+        Stdio::null(),
+    );
+    let pid = running.child_pid();
+    wait_until("the second commit", || temp.exists().then_some(()));
+    let signalled = Instant::now();
+    send_signal(pid, SIGTERM);
+    let summary = wait_until("the watchdog's summary", || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|summary| summary.contains("outcome"))
+    });
+    let waited = signalled.elapsed();
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
+    assert!(
+        summary.contains(r#""outcome":"stopped-by-force","exit_code":143"#)
+            && summary.contains(r#""checkpoint_sequence":1"#),
+        "{summary}"
+    );
+    let finished = running.wait();
+    finished.assert_code(143);
+    assert!(
+        finished.stderr.contains("did not stop within 2s"),
+        "{}",
+        finished.stderr
+    );
+    sandbox.assert_sequence_consistent();
+    let resumed = run(&mut sandbox.sequence(LINES));
+    resumed.assert_code(0);
+    let check = sandbox.check_sequence_output(LINES);
+    assert!(check.is_exact(LINES), "{check:?}\n{}", resumed.stderr);
 }

@@ -190,6 +190,10 @@ pub struct Loaded {
 /// A future a store returns: boxed, so that [`Place`] and [`Store`] are object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a commit calls once its record is in place (durable or, with
+/// [`StoreError::NotDurable`], not), even if nobody awaits the commit any more.
+pub type Landed = Box<dyn FnOnce() + Send>;
+
 /// What a kind of [`Location`] does: give each job its place. Implemented by each
 /// backend; nothing outside this module sees it.
 pub(crate) trait Backend: Send + Sync + fmt::Debug + fmt::Display {
@@ -261,8 +265,6 @@ pub enum Acquired {
 }
 
 /// Durable storage for one job's checkpoints, owned by one run.
-///
-/// `commit` blocks on I/O: call it off the async runtime's worker threads.
 pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// This run's fencing number, written into every record it commits.
     fn fence(&self) -> u64;
@@ -276,8 +278,17 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// except that a request to an object store whose reply was lost may have landed, so
     /// that `record` is the committed one (a save of the same sequence replaces it). A
     /// run that is no longer the job's owner gets [`StoreError::Fenced`] and changes
-    /// nothing.
-    fn commit(&self, record: &Record) -> Result<(), StoreError>;
+    /// nothing. `landed` is called once the record is in place.
+    ///
+    /// A local commit runs on the caller's thread (leaving the runtime's worker, if the
+    /// caller is on one, to the runtime's other tasks meanwhile) and cannot be cancelled:
+    /// a forced stop waits for it, and the watchdog bounds that. A remote one goes on
+    /// by itself if its future is dropped, and lands or not.
+    fn commit<'a>(
+        &'a self,
+        record: &'a Record,
+        landed: Landed,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Gives the job up at the end of the run, within a bound of the store's own (a
     /// shorter one when `hurry`: after a forced stop the runner must exit well before

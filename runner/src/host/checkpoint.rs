@@ -1,7 +1,6 @@
 //! `runner:job/checkpoint`: loads come from memory (the record read before the job
 //! started, or the last one saved); saves commit the output directory and then the
-//! record to the [`Store`] on the run's checkpoint thread, and return only once both are
-//! durable.
+//! record to the [`Store`], and return only once both are durable.
 //!
 //! A save's state is copied once out of the job's memory, into a buffer the runner
 //! keeps: the one that held the state saved before the last, whose pages are already
@@ -10,11 +9,8 @@
 //! write) and its release. The runner then holds two states between saves, as it did
 //! during each.
 
-use std::sync::{Arc, mpsc};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-
-use anyhow::Context;
-use tokio::sync::oneshot;
 
 use super::bindings::runner::job::checkpoint::Error;
 use crate::checkpoint::format::Digest;
@@ -23,26 +19,23 @@ use crate::checkpoint::{MAX_STATE_LEN, Record, Store, StoreError};
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
 
-/// The checkpoint host: the checkpoint thread, and the last committed record.
+/// The checkpoint host: the store, the output directory, and the last committed record.
 #[derive(Debug)]
 pub struct Checkpoints {
-    writer: mpsc::Sender<Commit>,
+    store: Arc<dyn Store>,
+    output: Option<OutputDir>,
     fence: u64,
     module_digest: Digest,
     shutdown: Arc<Shutdown>,
+    status: Arc<RunStatus>,
     committed: Option<Record>,
     /// The buffer the next save copies its state into.
     spare: Vec<u8>,
 }
 
-/// One commit for the checkpoint thread, and where its result goes.
-type Commit = (Record, oneshot::Sender<(Record, Result<(), StoreError>)>);
-
 impl Checkpoints {
-    /// Starts the checkpoint thread. Commits run there, one at a time and in order, off
-    /// the runtime's threads (fsync blocks); one thread, so that the store's system
-    /// calls form one sequence (the crash tests count them). The thread notes each
-    /// commit in `status` as it lands, even one the job no longer waits for.
+    /// The host of a job whose saves go to `store` (after `output`), and whose last
+    /// committed record is `committed`. Commits are noted in `status` as they land.
     pub(super) fn new(
         store: Arc<dyn Store>,
         output: Option<OutputDir>,
@@ -50,30 +43,17 @@ impl Checkpoints {
         shutdown: Arc<Shutdown>,
         committed: Option<Record>,
         status: Arc<RunStatus>,
-    ) -> anyhow::Result<Self> {
-        let (writer, commits) = mpsc::channel::<Commit>();
-        let fence = store.fence();
-        std::thread::Builder::new()
-            .name("runner-checkpoint".into())
-            .spawn(move || {
-                for (mut record, done) in commits {
-                    let committed = commit(&*store, output.as_ref(), &mut record);
-                    if matches!(committed, Ok(()) | Err(StoreError::NotDurable(_))) {
-                        status.committed(record.sequence);
-                    }
-                    // The job may have been stopped meanwhile: nobody waits any more.
-                    let _ = done.send((record, committed));
-                }
-            })
-            .context("cannot start the checkpoint thread")?;
-        Ok(Checkpoints {
-            writer,
-            fence,
+    ) -> Self {
+        Checkpoints {
+            fence: store.fence(),
+            store,
+            output,
             module_digest,
             shutdown,
+            status,
             committed,
             spare: Vec::new(),
-        })
+        }
     }
 }
 
@@ -97,19 +77,13 @@ impl Checkpoints {
 
     /// `save` of a state of `len` bytes, copied into `state` (from [`buffer`](Self::buffer))
     /// unless it is over the limit.
-    pub(super) async fn save(
-        &mut self,
-        len: usize,
-        state: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), Error>> {
+    pub(super) async fn save(&mut self, len: usize, state: Vec<u8>) -> Result<(), Error> {
         if len as u64 > MAX_STATE_LEN {
             self.spare = state;
-            return Ok(Err(Error::TooLarge(MAX_STATE_LEN)));
+            return Err(Error::TooLarge(MAX_STATE_LEN));
         }
-        match self.next_record(state, false) {
-            Ok(record) => self.commit(record).await,
-            Err(error) => Ok(Err(error)),
-        }
+        let record = self.next_record(state, false)?;
+        self.commit(record).await
     }
 }
 
@@ -118,7 +92,7 @@ impl Checkpoints {
     /// the output as it left it, marked completed, so that a later run does not run the
     /// job again. Returns the record's sequence number; `None` if it was not recorded
     /// (after saying why).
-    pub async fn complete(&mut self) -> wasmtime::Result<Option<u64>> {
+    pub async fn complete(&mut self) -> Option<u64> {
         // No load follows: the state moves into the record rather than being copied.
         let state = self
             .committed
@@ -127,10 +101,10 @@ impl Checkpoints {
             .unwrap_or_default();
         let Ok(record) = self.next_record(state, true) else {
             tracing::warn!("the sequence numbers of the job's checkpoints are exhausted");
-            return Ok(None);
+            return None;
         };
         let sequence = record.sequence;
-        Ok(self.commit(record).await?.ok().map(|()| sequence))
+        self.commit(record).await.ok().map(|()| sequence)
     }
 
     /// The record after the last committed one, holding `state`.
@@ -156,34 +130,26 @@ impl Checkpoints {
         })
     }
 
-    /// Commits `record` on the checkpoint thread and waits for it to be durable.
-    async fn commit(&mut self, record: Record) -> wasmtime::Result<Result<(), Error>> {
-        // If the run is stopped by force meanwhile, this future is dropped and the commit
-        // finishes or not on its own; either way the store holds a whole record.
-        let (done, result) = oneshot::channel();
-        self.writer
-            .send((record, done))
-            .map_err(|_| wasmtime::Error::msg("the checkpoint thread has stopped"))?;
-        let (record, committed) = result
-            .await
-            .map_err(|_| wasmtime::Error::msg("the checkpoint thread has stopped"))?;
+    /// Commits `record` and waits for it to be durable.
+    async fn commit(&mut self, mut record: Record) -> Result<(), Error> {
+        let committed = self.write(&mut record).await;
         let kept = match committed {
-            Ok(()) => Ok(Ok(())),
+            Ok(()) => Ok(()),
             Err(error @ StoreError::NotDurable(_)) => {
                 // The record is what a load returns now: keep the sequence moving on.
                 tracing::warn!("checkpoint saved but not durable: {error}");
-                Ok(Err(Error::Io(error.to_string())))
+                Err(Error::Io(error.to_string()))
             }
             Err(error @ StoreError::Fenced { .. }) => {
                 tracing::warn!("checkpoint not saved: {error}");
                 self.shutdown.revoke();
                 self.spare = record.payload;
-                return Ok(Err(Error::Fenced));
+                return Err(Error::Fenced);
             }
             Err(error) => {
                 tracing::warn!("checkpoint not saved: {error}");
                 self.spare = record.payload;
-                return Ok(Err(Error::Io(error.to_string())));
+                return Err(Error::Io(error.to_string()));
             }
         };
         if let Some(previous) = self.committed.replace(record) {
@@ -193,16 +159,19 @@ impl Checkpoints {
     }
 }
 
-/// Data before record: the output files first, so that the lengths a record promises
-/// are already durable when it is.
-fn commit(
-    store: &dyn Store,
-    output: Option<&OutputDir>,
-    record: &mut Record,
-) -> Result<(), StoreError> {
-    if let Some(output) = output {
-        record.output_dir = Some(output.key().to_owned());
-        record.outputs = output.sync()?;
+impl Checkpoints {
+    /// Data before record: the output files first, so that the lengths a record promises
+    /// are already durable when it is. On the job's own thread, like the store's local
+    /// commit: a small commit is mostly its fsyncs, and handing it to another thread and
+    /// back would add a third to its time.
+    async fn write(&self, record: &mut Record) -> Result<(), StoreError> {
+        if let Some(output) = &self.output {
+            record.output_dir = Some(output.key().to_owned());
+            record.outputs = tokio::task::block_in_place(|| output.sync())?;
+        }
+        let status = Arc::clone(&self.status);
+        let sequence = record.sequence;
+        let landed = Box::new(move || status.committed(sequence));
+        self.store.commit(record, landed).await
     }
-    store.commit(record)
 }

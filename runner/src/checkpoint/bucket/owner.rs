@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::head::{Generation, Head, update};
 use super::{BucketJob, HEAD};
-use crate::checkpoint::{BoxFuture, Newest, Record, Store, StoreError, choose};
+use crate::checkpoint::{BoxFuture, Landed, Newest, Record, Store, StoreError, choose};
 use crate::human::{format_duration, whole_ms};
 
 /// How long the end of a forced stop waits to release the job (five times as long after
@@ -359,21 +359,31 @@ impl Store for BucketStore {
         Box::pin(self.release_within(bound))
     }
 
-    /// Runs the commit on the runtime and waits for it: once the runtime has shut down
-    /// (the run is over), the commit fails instead.
-    fn commit(&self, record: &Record) -> Result<(), StoreError> {
+    /// Runs the commit as a task of its own and waits for it: the task goes on if the
+    /// job is stopped meanwhile. Once the runtime has shut down (the run is over), the
+    /// commit fails instead.
+    fn commit<'a>(
+        &'a self,
+        record: &'a Record,
+        landed: Landed,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         let (owner, sequence) = (Arc::clone(&self.owner), record.sequence);
         let mut bytes = record.head();
         bytes.extend_from_slice(&record.payload);
-        let (done, result) = tokio::sync::oneshot::channel();
-        self.runtime.spawn(async move {
-            let _ = done.send(owner.commit(sequence, bytes).await);
+        let commit = self.runtime.spawn(async move {
+            let committed = owner.commit(sequence, bytes).await;
+            if committed.is_ok() {
+                landed();
+            }
+            committed
         });
-        result.blocking_recv().unwrap_or_else(|_| {
-            Err(StoreError::Remote {
-                action: "commit to",
-                object: self.owner.job.url(),
-                cause: "the runner is exiting".into(),
+        Box::pin(async move {
+            commit.await.unwrap_or_else(|_| {
+                Err(StoreError::Remote {
+                    action: "commit to",
+                    object: self.owner.job.url(),
+                    cause: "the runner is exiting".into(),
+                })
             })
         })
     }

@@ -16,7 +16,8 @@
 //! (retrying an fsync can report success after the data was lost).
 //!
 //! Ownership: a run holds the lock for its whole life and takes a fencing number one
-//! above any seen before; every commit first checks that `fence` still holds its number.
+//! above any seen before; every commit checks, after its fsync and just before its
+//! renames, that `fence` still holds its number.
 //! The lock keeps two runners apart; the fence stops a runner whose lock did not (a lock
 //! file removed under it, a shared file system that does not honour flock) from
 //! overwriting its successor's state. The fence covers commits from the moment the new

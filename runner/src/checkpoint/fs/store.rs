@@ -1,15 +1,15 @@
 //! A job in a local directory, owned by this run: the claim (lock held, records read)
 //! and the store its commits go to.
 
-use std::fs;
-use std::io::{ErrorKind, Write};
+use std::fs::{self, File};
+use std::io::{self, ErrorKind, IoSlice, Write};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
 use super::dir::{CHECKPOINT, FENCE, JobDir, Lock, PREVIOUS, remove_if_present};
 use crate::checkpoint::durable::sync_dir;
 use crate::checkpoint::{
-    BoxFuture, Loaded, MAX_RECORD_LEN, Newest, Record, Slot, Store, StoreError, choose,
+    BoxFuture, Landed, Loaded, MAX_RECORD_LEN, Newest, Record, Slot, Store, StoreError, choose,
 };
 
 /// A job's checkpoints in a local directory, owned by this run.
@@ -209,7 +209,7 @@ impl LocalStore {
             Some(problem) => Err(StoreError::Io {
                 action: "take a fencing number in",
                 path: self.dir.file(FENCE),
-                cause: std::io::Error::other(problem.clone()),
+                cause: io::Error::other(problem.clone()),
             }),
         }
     }
@@ -255,9 +255,27 @@ impl Store for LocalStore {
         }
     }
 
-    fn commit(&self, record: &Record) -> Result<(), StoreError> {
+    fn commit<'a>(
+        &'a self,
+        record: &'a Record,
+        landed: Landed,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            let committed = tokio::task::block_in_place(|| self.commit_here(record));
+            if matches!(committed, Ok(()) | Err(StoreError::NotDurable(_))) {
+                landed();
+            }
+            committed
+        })
+    }
+}
+
+impl LocalStore {
+    /// [`Store::commit`], on this thread: the job's, so that a small commit costs its
+    /// system calls and no hand-off to another thread and back (which would add a third
+    /// to it).
+    fn commit_here(&self, record: &Record) -> Result<(), StoreError> {
         self.fence_durable()?;
-        self.check_fence()?;
         let head = record.head();
         let len = head.len() as u64 + record.payload.len() as u64;
         if len > MAX_RECORD_LEN {
@@ -269,14 +287,14 @@ impl Store for LocalStore {
                 ),
             });
         }
-        let mut temp = self.dir.commit_file(self.fence, record.sequence)?;
-        temp.write_all(&head)
-            .and_then(|()| temp.write_all(&record.payload))
+        let temp = self.dir.commit_file(self.fence, record.sequence)?;
+        write_both(temp.as_file(), &head, &record.payload)
             .map_err(StoreError::io("write", temp.path()))?;
         temp.as_file()
             .sync_all()
             .map_err(StoreError::io("fsync", temp.path()))?;
-        // Again, just before the state changes: the write and fsync may have taken long.
+        // Just before the state changes, not before the write: the write and fsync may
+        // take long, and a check before them would only spare a fenced run's write.
         self.check_fence()?;
         let mut newest = self.newest.lock().unwrap_or_else(PoisonError::into_inner);
         let target = self.dir.file(CHECKPOINT);
@@ -299,6 +317,23 @@ impl Store for LocalStore {
         // record is in place but may not survive a crash: say so, distinctly.
         sync_dir(self.dir.path()).map_err(|error| StoreError::NotDurable(Box::new(error)))
     }
+}
+
+/// Writes `head` and then `body` to `file` without concatenating them: in one system
+/// call, unless the kernel takes less than the whole.
+fn write_both(mut file: &File, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let written = loop {
+        match file.write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
+            Err(error) if error.kind() == ErrorKind::Interrupted => {}
+            written => break written?,
+        }
+    };
+    let (head_left, body_written) = match written.checked_sub(head.len()) {
+        Some(into_body) => (&[][..], into_body),
+        None => (&head[written..], 0),
+    };
+    file.write_all(head_left)?;
+    file.write_all(&body[body_written..])
 }
 
 #[cfg(test)]
@@ -356,7 +391,7 @@ mod tests {
         assert_eq!(loaded.earlier_output, None);
         assert_eq!(store.fence(), 1);
         for sequence in 1..=3 {
-            store.commit(&record(sequence, 1)).expect("commit");
+            store.commit_here(&record(sequence, 1)).expect("commit");
         }
         assert_eq!(names(store.dir.path()), [CHECKPOINT, PREVIOUS, FENCE, LOCK]);
         drop(store);
@@ -374,8 +409,8 @@ mod tests {
     fn a_damaged_newest_falls_back_to_the_previous_generation() {
         let root = tempfile::tempdir().expect("tempdir");
         let (store, _) = acquire(root.path());
-        store.commit(&record(1, 1)).expect("commit");
-        store.commit(&record(2, 1)).expect("commit");
+        store.commit_here(&record(1, 1)).expect("commit");
+        store.commit_here(&record(2, 1)).expect("commit");
         let path = store.dir.file(CHECKPOINT);
         let bytes = fs::read(&path).expect("read");
         fs::write(&path, &bytes[..bytes.len() - 3]).expect("tear");
@@ -389,7 +424,7 @@ mod tests {
             loaded.notes
         );
         // The next commit replaces the damaged file and keeps the good generation.
-        store.commit(&record(2, 2)).expect("commit");
+        store.commit_here(&record(2, 2)).expect("commit");
         drop(store);
         let (_, loaded) = acquire(root.path());
         assert_eq!(loaded.record, Some(record(2, 2)));
@@ -400,7 +435,7 @@ mod tests {
     fn no_usable_generation_refuses_unless_starting_over() {
         let root = tempfile::tempdir().expect("tempdir");
         let (store, _) = acquire(root.path());
-        store.commit(&record(1, 1)).expect("commit");
+        store.commit_here(&record(1, 1)).expect("commit");
         fs::write(store.dir.file(CHECKPOINT), b"RUNRCKPT garbage").expect("damage");
         drop(store);
         let dir = job_dir(root.path());
@@ -424,14 +459,16 @@ mod tests {
             .expect("start over");
         assert_eq!(loaded.record, None);
         assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
-        store.commit(&record(1, store.fence())).expect("commit");
+        store
+            .commit_here(&record(1, store.fence()))
+            .expect("commit");
     }
 
     #[test]
     fn a_fencing_number_written_while_the_job_starts_is_durable_before_the_first_commit() {
         let root = tempfile::tempdir().expect("tempdir");
         let (old, _) = acquire(root.path());
-        old.commit(&record(1, old.fence())).expect("commit");
+        old.commit_here(&record(1, old.fence())).expect("commit");
         drop(old);
         let dir = job_dir(root.path());
         let lock = dir.try_lock().expect("lock").expect("free");
@@ -439,9 +476,9 @@ mod tests {
             .expect("claim")
             .own_while_starting();
         assert_eq!((store.fence(), loaded.record), (2, Some(record(1, 1))));
-        store.commit(&record(2, 2)).expect("commit");
+        store.commit_here(&record(2, 2)).expect("commit");
         assert_eq!(dir.read_fence().expect("fence").map(|f| f.number), Some(2));
-        store.commit(&record(3, 2)).expect("and again");
+        store.commit_here(&record(3, 2)).expect("and again");
     }
 
     #[test]
@@ -462,24 +499,25 @@ mod tests {
     fn a_newer_owner_fences_the_old_one() {
         let root = tempfile::tempdir().expect("tempdir");
         let (old, _) = acquire(root.path());
-        old.commit(&record(1, old.fence())).expect("commit");
+        old.commit_here(&record(1, old.fence())).expect("commit");
         // The lock did not hold (its file was removed): a second run takes the job.
         fs::remove_file(old.dir.file(LOCK)).expect("remove lock");
         let (new, loaded) = acquire(root.path());
         assert_eq!(new.fence(), 2);
         assert_eq!(loaded.record, Some(record(1, 1)));
         assert!(matches!(
-            old.commit(&record(2, 1)),
+            old.commit_here(&record(2, 1)),
             Err(StoreError::Fenced { ours: 1, .. })
         ));
-        new.commit(&record(2, 2)).expect("the new owner commits");
+        new.commit_here(&record(2, 2))
+            .expect("the new owner commits");
     }
 
     #[test]
     fn leftover_temp_files_are_removed_and_change_nothing() {
         let root = tempfile::tempdir().expect("tempdir");
         let (store, _) = acquire(root.path());
-        store.commit(&record(1, 1)).expect("commit");
+        store.commit_here(&record(1, 1)).expect("commit");
         // A crash after writing the temp file but before the rename.
         fs::write(store.dir.file(".tmp.crashed"), b"half-writ").expect("write");
         drop(store);
