@@ -85,7 +85,9 @@ pub fn encode(module: &Digest, component: &Component) -> Result<Vec<u8>> {
 pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Component, Digest)> {
     let len = file.metadata().context("cannot read it")?.len();
     let mut head = [0; 16];
-    let head_len = read_at_most(file, &mut head, 0).context("cannot read it")?;
+    let head_len = head.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+    file.read_exact_at(&mut head[..head_len], 0)
+        .context("cannot read it")?;
     let version_error = |version: u8| {
         anyhow!(
             "it is a compiled job of record version {version}, this runner reads version {}",
@@ -151,20 +153,6 @@ pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Component, Dig
         }
     };
     Ok((component, module))
-}
-
-/// Reads up to `buf.len()` bytes at `offset`, fewer only at the end of the file.
-fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], offset + filled as u64) {
-            Ok(0) => break,
-            Ok(read) => filled += read,
-            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) => return Err(error),
-        }
-    }
-    Ok(filled)
 }
 
 /// What identifies a job file's contents without reading them all: its device and

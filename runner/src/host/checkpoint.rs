@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::bindings::runner::job::checkpoint::Error;
 use crate::checkpoint::format::Digest;
 use crate::checkpoint::output::OutputDir;
-use crate::checkpoint::{MAX_STATE_LEN, Record, Store, StoreError};
+use crate::checkpoint::{Record, Store, StoreError};
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
 
@@ -75,13 +75,9 @@ impl Checkpoints {
         buffer
     }
 
-    /// `save` of a state of `len` bytes, copied into `state` (from [`buffer`](Self::buffer))
-    /// unless it is over the limit.
-    pub(super) async fn save(&mut self, len: usize, state: Vec<u8>) -> Result<(), Error> {
-        if len as u64 > MAX_STATE_LEN {
-            self.spare = state;
-            return Err(Error::TooLarge(MAX_STATE_LEN));
-        }
+    /// `save` of `state` (in a buffer from [`buffer`](Self::buffer)), at most
+    /// [`MAX_STATE_LEN`](crate::checkpoint::MAX_STATE_LEN) bytes.
+    pub(super) async fn save(&mut self, state: Vec<u8>) -> Result<(), Error> {
         let record = self.next_record(state, false)?;
         self.commit(record).await
     }

@@ -21,7 +21,7 @@ pub use progress::Progress;
 
 use crate::checkpoint::format::Digest;
 use crate::checkpoint::output::OutputDir;
-use crate::checkpoint::{Record, Store};
+use crate::checkpoint::{MAX_STATE_LEN, Record, Store};
 use crate::log;
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
@@ -42,6 +42,7 @@ mod bindings {
 pub use bindings::JobPre;
 /// How a job's `run` ended when it returned.
 pub use bindings::Outcome as JobOutcome;
+use bindings::runner::job::checkpoint::Error as CheckpointError;
 
 /// Where and what a job saves.
 #[derive(Debug)]
@@ -144,7 +145,9 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 /// `runner:job/checkpoint`, by hand rather than through the bindings: `save` takes the
 /// state as a view of the job's memory ([`WasmList`]), which the bindings would copy
 /// into a new `Vec` first, and copies it into the buffer [`Checkpoints`] keeps for it.
-/// The only import that does I/O: async, so that a forced stop can cancel it.
+/// The only import that does I/O. Async, for a bucket's commit, which goes on as a task
+/// of the runtime (a forced stop leaves it behind); a state directory's runs on the
+/// job's thread (see [`Store::commit`](crate::checkpoint::Store::commit)).
 fn add_checkpoint_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     let mut checkpoint = linker.instance("runner:job/checkpoint@0.1.0")?;
     checkpoint.func_wrap("load", |store: StoreContextMut<'_, JobState>, (): ()| {
@@ -155,11 +158,12 @@ fn add_checkpoint_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<(
         |mut store: StoreContextMut<'_, JobState>, (state,): (WasmList<u8>,)| {
             Box::new(async move {
                 let len = state.len();
-                let mut buffer = store.data_mut().checkpoints.buffer(len);
-                if len as u64 <= crate::checkpoint::MAX_STATE_LEN {
-                    buffer.extend_from_slice(state.as_le_slice(&store));
+                if len as u64 > MAX_STATE_LEN {
+                    return Ok((Err(CheckpointError::TooLarge(MAX_STATE_LEN)),));
                 }
-                Ok((store.data_mut().checkpoints.save(len, buffer).await,))
+                let mut buffer = store.data_mut().checkpoints.buffer(len);
+                buffer.extend_from_slice(state.as_le_slice(&store));
+                Ok((store.data_mut().checkpoints.save(buffer).await,))
             })
         },
     )
