@@ -20,10 +20,14 @@
 //! ```text
 //! ID_MAGIC (16 bytes) | SHA-256 of the .wasm (32) | SHA-256 of ID_MAGIC, the identity and that digest (32)
 //! ```
+//!
+//! The cache is bounded (`--cache-max`): a run that adds a file to it removes the files
+//! used least recently (a run that uses one dates it now) beyond the bound, and the
+//! temporary files of writers that crashed.
 
 use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::PoisonError;
@@ -54,6 +58,10 @@ const ID_SAMPLE: u64 = 64 * 1024;
 /// contents: a file changed again within the file system's timestamp granularity
 /// could keep its times (git's "racily clean" files), never one changed later.
 const SETTLED: Duration = Duration::from_secs(2);
+
+/// How old a temporary file in the cache must be to be a crashed writer's: writing the
+/// largest entry takes seconds.
+const ABANDONED: Duration = Duration::from_secs(3600);
 
 /// Whether a file starting with `bytes` is a compiled job: of this version (an ELF
 /// file, checked for the trailer when loaded) or of version 1 (which started with its
@@ -232,12 +240,15 @@ impl FileId {
 #[derive(Debug, Clone)]
 pub struct Cache {
     dir: PathBuf,
+    /// The most it may hold, in bytes.
+    max: u64,
 }
 
 impl Cache {
-    /// The cache in `dir` (created when the first entry is written).
-    pub fn new(dir: PathBuf) -> Self {
-        Cache { dir }
+    /// The cache in `dir` (created when the first entry is written), holding at most
+    /// `max` bytes.
+    pub fn new(dir: PathBuf, max: u64) -> Self {
+        Cache { dir, max }
     }
 
     /// Where the entry for the `.wasm` with SHA-256 `module` compiled by `engine` lives.
@@ -259,7 +270,10 @@ impl Cache {
         let path = self.entry(engine, module);
         let file = File::open(&path).ok()?;
         match load(engine, &file, &path) {
-            Ok((component, digest)) if digest == *module => Some(component),
+            Ok((component, digest)) if digest == *module => {
+                used_now(&file);
+                Some(component)
+            }
             Ok(_) => {
                 tracing::warn!(
                     "ignoring the cached compiled job `{}`: it is another job's; compiling again",
@@ -288,7 +302,9 @@ impl Cache {
     /// damaged record is reported and ignored: the caller hashes the file.
     pub fn digest_of(&self, id: &FileId) -> Option<Digest> {
         let path = self.id_entry(id);
-        let record = fs::read(&path).ok()?;
+        let mut file = File::open(&path).ok()?;
+        let mut record = Vec::with_capacity(ID_LEN);
+        file.read_to_end(&mut record).ok()?;
         let digest: Digest = record
             .get(ID_MAGIC.len()..ID_MAGIC.len() + 32)?
             .try_into()
@@ -300,22 +316,25 @@ impl Cache {
             );
             return None;
         }
+        used_now(&file);
         Some(digest)
     }
 
     /// Remembers that the `.wasm` with identity `id` has SHA-256 `digest`, unless the
     /// file changed too recently for its identity to stand for its contents. As
-    /// [`put`](Cache::put), a failure is reported and otherwise ignored.
-    pub fn remember(&self, id: &FileId, digest: &Digest) {
+    /// [`put`](Cache::put), a failure is reported and otherwise ignored. The entry this
+    /// digest has with `engine`, if any, is kept when the cache makes room.
+    pub fn remember(&self, engine: &Engine, id: &FileId, digest: &Digest) {
         if !id.settled {
             return;
         }
         let path = self.id_entry(id);
-        if let Err(error) = write_atomically(&path, &id.record(digest)) {
-            tracing::warn!(
+        match write_atomically(&path, &id.record(digest)) {
+            Ok(()) => self.trim(&[&path, &self.entry(engine, digest)]),
+            Err(error) => tracing::warn!(
                 "cannot cache the job file's digest in `{}`: {error:#}",
                 self.dir.display()
-            );
+            ),
         }
     }
 
@@ -323,14 +342,76 @@ impl Cache {
     /// reported and otherwise ignored: the job runs all the same.
     pub fn put(&self, engine: &Engine, module: &Digest, component: &Component) {
         let path = self.entry(engine, module);
-        if let Err(error) =
-            encode(module, component).and_then(|record| write_atomically(&path, &record))
-        {
-            tracing::warn!(
+        match encode(module, component).and_then(|record| write_atomically(&path, &record)) {
+            Ok(()) => self.trim(&[&path]),
+            Err(error) => tracing::warn!(
                 "cannot cache the compiled job in `{}`: {error:#}",
                 self.dir.display()
-            );
+            ),
         }
+    }
+
+    /// Keeps the cache within its bound after a write: removes the temporary files of
+    /// writers that crashed, then the entries and remembered digests used least
+    /// recently until the rest fit; never those in `keep` (what this run uses). Other
+    /// runners may be using what it removes: they keep what they opened, and the next
+    /// one to need it compiles it again.
+    fn trim(&self, keep: &[&Path]) {
+        let mut files = Vec::new();
+        let mut total = 0;
+        for dir in [self.dir.clone(), self.dir.join("ids")] {
+            let Ok(listing) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in listing.flatten() {
+                let path = entry.path();
+                let Some(meta) = entry.metadata().ok().filter(fs::Metadata::is_file) else {
+                    continue;
+                };
+                let used = meta.modified().unwrap_or(UNIX_EPOCH);
+                let name = entry.file_name();
+                if name.as_encoded_bytes().starts_with(b".tmp.") {
+                    if used.elapsed().is_ok_and(|age| age > ABANDONED) {
+                        remove(&path, "left half-written by a runner that stopped");
+                    }
+                } else if path
+                    .extension()
+                    .is_some_and(|ext| ext == "cwasm" || ext == "id")
+                {
+                    total += meta.len();
+                    if !keep.contains(&path.as_path()) {
+                        files.push((used, meta.len(), path));
+                    }
+                }
+            }
+        }
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.max {
+                break;
+            }
+            if remove(&path, "used least recently, beyond --cache-max") {
+                total -= len;
+            }
+        }
+    }
+}
+
+/// Dates a cache file now, as the one used most recently. A file this user may not
+/// change (a cache shared between users) keeps its date.
+fn used_now(file: &File) {
+    let _ = file.set_modified(SystemTime::now());
+}
+
+/// Removes a file from the cache, saying why; whether it is gone (another runner may
+/// have removed it first).
+fn remove(path: &Path, why: &str) -> bool {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            tracing::debug!("removed `{}` from the cache: {why}", path.display());
+            true
+        }
+        Err(error) => error.kind() == std::io::ErrorKind::NotFound,
     }
 }
 
@@ -416,13 +497,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("temporary directory");
         let job = dir.path().join("job.wasm");
         fs::write(&job, vec![7; 200_000]).expect("write");
-        let cache = Cache::new(dir.path().join("cache"));
+        let cache = Cache::new(dir.path().join("cache"), u64::MAX);
+        let engine = Engine::default();
         let digest = [1; 32];
 
         // Just written: it could change again without its times moving.
         let fresh = FileId::of(&File::open(&job).expect("open")).expect("identity");
         assert!(!fresh.settled);
-        cache.remember(&fresh, &digest);
+        cache.remember(&engine, &fresh, &digest);
         assert_eq!(cache.digest_of(&fresh), None);
         assert!(!dir.path().join("cache").exists());
 
@@ -430,7 +512,7 @@ mod tests {
             settled: true,
             ..fresh.clone()
         };
-        cache.remember(&settled, &digest);
+        cache.remember(&engine, &settled, &digest);
         assert_eq!(cache.digest_of(&settled), Some(digest));
 
         // Another identity (the same file changed: its times and its last bytes) does

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::checkpoint::{JobId, Location};
 use crate::host::DirMapping;
-use crate::human::parse_duration;
+use crate::human::{parse_duration, parse_size};
 use crate::log::LogFormat;
 use crate::outcome::EXIT_CODES;
 
@@ -189,6 +189,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 
+    /// The most the compiled-job cache may hold (512MiB, 2GiB...). A run that adds to it
+    /// removes the entries used least recently beyond that (never the one it uses), and
+    /// what crashed runners left half-written; a compiled Python job takes some 36 MiB.
+    #[arg(long, value_name = "SIZE", env = "RUNNER_CACHE_MAX", default_value = "1GiB",
+          value_parser = utf8(parse_size))]
+    pub cache_max: u64,
+
     /// Where to write the run's summary when the runner exits: one JSON object of at most
     /// 4096 bytes (outcome, exit code, stop reason, checkpoint sequence, last progress,
     /// run time). Default: /dev/termination-log, where Kubernetes reads a container's
@@ -263,6 +270,8 @@ pub struct RunConfig {
     pub start_over: bool,
     /// Where compiled jobs are cached; `None`: no cache.
     pub cache_dir: Option<PathBuf>,
+    /// The most the cache may hold, in bytes.
+    pub cache_max: u64,
 }
 
 impl RunArgs {
@@ -343,6 +352,7 @@ impl RunArgs {
             lease: self.lease,
             start_over: self.start_over,
             cache_dir,
+            cache_max: self.cache_max,
         })
     }
 }

@@ -210,7 +210,7 @@ fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(C
     let digest: Digest = Sha256::digest(&bytes).into();
     if let Some((cache, remembered, id)) = &known {
         if *remembered != Some(digest) {
-            cache.remember(id, &digest);
+            cache.remember(engine, id, &digest);
             // Not looked up above under this digest.
             if let Some(component) = cache.get(engine, &digest) {
                 return Ok((component, digest));

@@ -9,6 +9,9 @@ Exit codes:
   2        usage error, invalid job, unusable state, or runner failure before the job ran
   69       another runner owns the job: its lock was not free within --lock-timeout, or a
            newer runner took the job over while this one ran (the job was stopped at once)
+  74       the job's state could not be reached before the job ran, for a reason that may
+           pass (an S3 endpoint unreachable, timing out, or answering 5xx or 429; a state
+           directory whose file system fails with a transport error): run again later
   75       suspended: the job stopped on request after saving its state, or the stop came
            before the job started; run again to resume
   124      stopped by force after --timeout ran out
@@ -90,6 +93,9 @@ pub enum Outcome {
     /// The job could not be run: bad usage, an invalid job, an unusable state directory
     /// or a runner failure.
     Failed(anyhow::Error),
+    /// The job could not be run because its state could not be reached, for a reason
+    /// that may pass: a failure of the infrastructure, not of the job or the command.
+    Unavailable(anyhow::Error),
 }
 
 impl Outcome {
@@ -100,6 +106,7 @@ impl Outcome {
             Outcome::JobFailed(_) => 1,
             Outcome::Failed(_) => 2,
             Outcome::Locked(_) | Outcome::Forced(StopReason::Fenced) => 69,
+            Outcome::Unavailable(_) => 74,
             Outcome::Suspended | Outcome::NotStarted => 75,
             Outcome::Forced(StopReason::Timeout) => 124,
             // 128 + signal number, as a shell reports a process killed by that signal.
@@ -126,6 +133,7 @@ impl Outcome {
             Outcome::Exited(_) => "exited",
             Outcome::Locked(_) => "locked",
             Outcome::Failed(_) => "error",
+            Outcome::Unavailable(_) => "unavailable",
         }
     }
 
@@ -156,6 +164,10 @@ impl Outcome {
             )),
             Outcome::Trapped(message) => Some(format!("job trapped: {message}")),
             Outcome::Failed(error) => Some(format!("error: {error:#}")),
+            Outcome::Unavailable(error) => Some(format!(
+                "error: {error:#} (this may pass: run the job again later; exit {})",
+                self.exit_code()
+            )),
         }
     }
 }
@@ -173,6 +185,7 @@ mod tests {
             (Outcome::Failed(anyhow::anyhow!("x")), 2),
             (Outcome::Locked("x".into()), 69),
             (Outcome::Forced(StopReason::Fenced), 69),
+            (Outcome::Unavailable(anyhow::anyhow!("x")), 74),
             (Outcome::Suspended, 75),
             (Outcome::NotStarted, 75),
             (Outcome::Forced(StopReason::Timeout), 124),

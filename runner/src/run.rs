@@ -12,7 +12,7 @@ use wasmtime_wasi::{I32Exit, WasiCtx};
 
 use crate::artifact::Cache;
 use crate::checkpoint::output::OutputDir;
-use crate::checkpoint::{Acquire, Acquired, Place, Record, Store};
+use crate::checkpoint::{self, Acquire, Acquired, Place, Record, Store};
 use crate::cli::RunConfig;
 use crate::engine::{self, Entry, LoadedJob};
 use crate::host::{self, JobState, Saves};
@@ -33,7 +33,13 @@ pub async fn run(config: RunConfig, shutdown: Arc<Shutdown>, status: Arc<RunStat
         shutdown,
         status,
     };
-    run.execute().await.unwrap_or_else(Outcome::Failed)
+    run.execute().await.unwrap_or_else(|error| {
+        if checkpoint::may_pass(&error) {
+            Outcome::Unavailable(error)
+        } else {
+            Outcome::Failed(error)
+        }
+    })
 }
 
 /// A run: what it was asked, how it is stopped, and what it tells the summary.
@@ -141,7 +147,12 @@ impl Run {
     /// takes the job over; a compile that takes longer than [`SLOW_COMPILE`] says so.
     fn start_compile(&self, engine: &Engine) -> JoinHandle<Result<LoadedJob>> {
         let (engine, path) = (engine.clone(), self.config.job.clone());
-        let cache = self.config.cache_dir.clone().map(Cache::new);
+        let max = self.config.cache_max;
+        let cache = self
+            .config
+            .cache_dir
+            .clone()
+            .map(|dir| Cache::new(dir, max));
         let why = match &cache {
             Some(_) => "the first run of this job; later runs load it from the cache",
             None => "with --no-cache, every run compiles it",

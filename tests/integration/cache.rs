@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
-use test_guests::PRIMES;
+use test_guests::{COMMAND, PRIMES, TESTJOB};
 
 use crate::util::{Finished, Running, SIGTERM, Sandbox, bare_runner, run, wait_until};
 
@@ -396,4 +396,103 @@ fn compile_refuses_what_is_not_a_job() {
     refused.assert_code(2);
     refused.assert_stderr("is not a WebAssembly component");
     assert!(!output.exists());
+}
+
+/// The bytes `entries` and the remembered digests in `cache` take.
+fn cache_size_listed(entries: &[PathBuf], cache: &Path) -> u64 {
+    entries
+        .iter()
+        .chain(&ids(cache))
+        .map(|path| fs::metadata(path).expect("a cache file").len())
+        .sum()
+}
+
+/// The bytes the cache's entries and remembered digests take.
+fn cache_size(dir: &Path) -> u64 {
+    cache_size_listed(&entries(dir), dir)
+}
+
+#[test]
+fn the_cache_keeps_within_its_bound_dropping_what_was_used_least_recently() {
+    let jobs: [(&str, &[&str]); 3] = [(PRIMES, &["1000"]), (TESTJOB, &["show"]), (COMMAND, &[])];
+    let sandbox = Sandbox::new();
+    let cache = sandbox.cache_dir();
+    let mut runs = 0;
+    // The entries, whatever else is there (the temporary files made below).
+    let listed = |cache: &Path| -> Vec<PathBuf> {
+        let listing = fs::read_dir(cache).expect("the cache");
+        let paths = listing.map(|entry| entry.expect("entry").path());
+        paths
+            .filter(|path| path.extension().is_some_and(|ext| ext == "cwasm"))
+            .filter(|path| !path.to_string_lossy().contains("/.tmp."))
+            .collect()
+    };
+    let mut run_job = |job: usize, max: &str| {
+        runs += 1;
+        let (wasm, args) = jobs[job];
+        let before = if cache.exists() {
+            listed(&cache)
+        } else {
+            Vec::new()
+        };
+        run(sandbox
+            .runner()
+            .args(["--cache-max", max, "--job-id", &format!("run-{runs}"), wasm])
+            .args(args))
+        .assert_code(0);
+        listed(&cache)
+            .into_iter()
+            .find(|entry| !before.contains(entry))
+    };
+
+    // Each job's entry, and what it takes.
+    let entry: Vec<PathBuf> = (0..3)
+        .map(|job| run_job(job, "1GiB").expect("a new entry"))
+        .collect();
+    let size = |job: usize| fs::metadata(&entry[job]).expect("entry").len();
+    let sizes: Vec<u64> = (0..3).map(size).collect();
+    let digests = ids(&cache).len();
+    assert_eq!(digests, 3);
+    // Room for two entries and every digest.
+    let room = |a: usize, b: usize| (sizes[a] + sizes[b] + 4096).to_string();
+
+    // Job 0 used again (a cache hit dates its entry now), then job 2's entry removed by
+    // hand: job 2 compiles again and has to make room, and job 1's is the least recent.
+    assert_eq!(run_job(0, "1GiB"), None);
+    fs::remove_file(&entry[2]).expect("remove");
+    assert_eq!(run_job(2, &room(0, 2)), Some(entry[2].clone()));
+    let mut kept = entries(&cache);
+    kept.sort();
+    let mut expected = vec![entry[0].clone(), entry[2].clone()];
+    expected.sort();
+    assert_eq!(
+        kept, expected,
+        "job 1's entry, the least recently used, goes"
+    );
+    assert!(cache_size(&cache) <= sizes[0] + sizes[2] + 4096);
+
+    // A writer that crashed an hour ago left a temporary file; one writing now has one.
+    let crashed = cache.join(".tmp.crashed.cwasm.1");
+    let writing = cache.join(".tmp.writing.cwasm.2");
+    for (path, age) in [(&crashed, 7200), (&writing, 0)] {
+        let file = fs::File::create(path).expect("create");
+        let then = std::time::SystemTime::now() - std::time::Duration::from_secs(age);
+        file.set_modified(then).expect("date it");
+    }
+    // Job 1 compiles again: job 0's entry is now the least recently used.
+    assert_eq!(run_job(1, &room(1, 2)), Some(entry[1].clone()));
+    assert!(
+        !entry[0].exists(),
+        "job 0's entry, the least recently used, goes"
+    );
+    assert!(entry[1].exists() && entry[2].exists());
+    assert!(cache_size_listed(&listed(&cache), &cache) <= sizes[1] + sizes[2] + 4096);
+    assert!(!crashed.exists(), "the crashed writer's file is removed");
+    assert!(writing.exists(), "a file being written is left alone");
+    fs::remove_file(&writing).expect("remove");
+
+    // A bound smaller than one entry keeps the entry the run added, and nothing else.
+    assert_eq!(run_job(0, "1"), Some(entry[0].clone()));
+    assert_eq!(entries(&cache), vec![entry[0].clone()]);
+    assert!(ids(&cache).is_empty(), "{:?}", ids(&cache));
 }

@@ -121,6 +121,12 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
         Outcome::Forced(StopReason::Fenced),
         Outcome::Locked(String::new()),
     ]);
+    // What may pass (an outage of the state's store at the start) is counted: retried,
+    // with a back-off, up to the limit; neither failed at once nor ignored.
+    let retried = codes(&[
+        Outcome::Unavailable(anyhow::anyhow!("")),
+        Outcome::Forced(StopReason::Timeout),
+    ]);
     for manifest in MANIFESTS {
         let jobs = jobs(manifest);
         assert_eq!(jobs.len(), 1, "{manifest}");
@@ -193,6 +199,17 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
             stopped.clone()
         };
         assert_eq!(ignore, expected, "{manifest}: the codes of a stopped job");
+        assert!(
+            retried.is_disjoint(&fail) && retried.is_disjoint(&ignore),
+            "{manifest}: {retried:?} must count against the back-off limit"
+        );
+        // Exit 75 never counts: only a deadline bounds a Job whose pods keep stopping.
+        assert!(
+            spec["activeDeadlineSeconds"]
+                .as_u64()
+                .is_some_and(|seconds| seconds > 0),
+            "{manifest}: no activeDeadlineSeconds"
+        );
         assert!(ignores_disruptions, "{manifest}");
         assert_eq!(
             container["terminationMessagePolicy"], "FallbackToLogsOnError",

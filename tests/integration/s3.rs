@@ -19,6 +19,69 @@ const BUCKET: &str = "checkpoints";
 const KEY: &str = "runner-test";
 const SECRET: &str = "runner-test-secret";
 
+/// Points `command` at the bucket of the S3 endpoint on loopback port `port`, under
+/// `prefix`.
+fn use_endpoint(command: &mut Command, port: u16, prefix: &str) {
+    command
+        .arg("--state-dir")
+        .arg(format!("s3://{BUCKET}/{prefix}"))
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("AWS_SESSION_TOKEN");
+}
+
+/// A free port on loopback.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+/// An HTTP server on loopback that answers every request with one status: an S3
+/// endpoint having a bad day (503, 429) or refusing (403). Stopped when dropped.
+struct FixedAnswer {
+    child: Child,
+    port: u16,
+}
+
+impl FixedAnswer {
+    fn start(status: u16) -> Self {
+        const SERVER: &str = "\
+import http.server, sys
+class Answer(http.server.BaseHTTPRequestHandler):
+    def answer(self):
+        self.rfile.read(int(self.headers.get('Content-Length') or 0))
+        self.send_response(int(sys.argv[2]))
+        self.send_header('Content-Length', '0')
+        self.end_headers()
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = answer
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(('127.0.0.1', int(sys.argv[1])), Answer).serve_forever()
+";
+        let port = free_port();
+        let child = Command::new("python3")
+            .args(["-c", SERVER, &port.to_string(), &status.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start python3");
+        wait_until("the server to listen", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        FixedAnswer { child, port }
+    }
+}
+
+impl Drop for FixedAnswer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A running s3s-fs with one bucket, stopped when dropped.
 pub struct S3Server {
     child: Option<Child>,
@@ -31,10 +94,7 @@ impl S3Server {
         let root = tempfile::tempdir().expect("create the server's directory");
         // A bucket is a directory to s3s-fs.
         std::fs::create_dir(root.path().join(BUCKET)).expect("create the bucket");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("find a free port")
-            .port();
+        let port = free_port();
         let mut server = S3Server {
             child: None,
             root,
@@ -90,17 +150,7 @@ impl S3Server {
     }
 
     fn configure(&self, command: &mut Command, prefix: &str) {
-        command
-            .arg("--state-dir")
-            .arg(format!("s3://{BUCKET}/{prefix}"))
-            .env(
-                "AWS_ENDPOINT_URL",
-                format!("http://127.0.0.1:{}", self.port),
-            )
-            .env("AWS_ACCESS_KEY_ID", KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET)
-            .env("AWS_REGION", "us-east-1")
-            .env_remove("AWS_SESSION_TOKEN");
+        use_endpoint(command, self.port, prefix);
     }
 
     /// The file in which the server keeps `prefix/job_id/name`.
@@ -475,10 +525,12 @@ fn an_unreachable_server_or_a_bad_location_is_a_clear_error() {
     let mut server = S3Server::start();
     server.stop();
     let unreachable = run(server.runner(&sandbox, "nowhere").args([TESTJOB, "show"]));
+    // The infrastructure's failure, which may pass: a retry, not the job's failure.
     unreachable
-        .assert_code(2)
+        .assert_code(74)
         .assert_stderr("cannot load the state of job `testjob`")
-        .assert_stderr("Connection refused");
+        .assert_stderr("Connection refused")
+        .assert_stderr("this may pass: run the job again later; exit 74");
     assert!(unreachable.stdout.is_empty());
 
     let bad = run(bare_runner().args(["--state-dir", "s3://No_Such/bucket", TESTJOB, "show"]));
@@ -493,4 +545,31 @@ fn an_unreachable_server_or_a_bad_location_is_a_clear_error() {
     output
         .assert_code(2)
         .assert_stderr("it needs a local --state-dir");
+}
+
+#[test]
+fn a_server_that_fails_at_the_start_is_a_retry_and_one_that_refuses_is_an_error() {
+    let sandbox = Sandbox::new();
+    for (status, code) in [(503, 74), (500, 74), (429, 74), (403, 2)] {
+        let server = FixedAnswer::start(status);
+        let mut runner = bare_runner();
+        use_endpoint(&mut runner, server.port, "failing");
+        let log = sandbox.path().join(format!("termination-log-{status}"));
+        let done = run(runner
+            .env("RUNNER_CACHE_DIR", sandbox.cache_dir())
+            .arg("--termination-log")
+            .arg(&log)
+            .args([TESTJOB, "show"]));
+        done.assert_code(code)
+            .assert_stderr("cannot load the state of job `testjob`")
+            .assert_stderr(&status.to_string());
+        assert!(done.stdout.is_empty(), "{status}: the job ran");
+        assert_eq!(done.stderr.lines().count(), 1, "{status}: {}", done.stderr);
+        let summary = std::fs::read_to_string(&log).expect("a summary");
+        let outcome = if code == 74 { "unavailable" } else { "error" };
+        assert!(
+            summary.contains(&format!(r#""outcome":"{outcome}","exit_code":{code}"#)),
+            "{status}: {summary}"
+        );
+    }
 }

@@ -137,6 +137,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether the failure is the infrastructure's and may pass by itself, so that the
+    /// same run later could succeed: an object store unreachable, timing out, or
+    /// answering 5xx or 429 (after the client's own retries), or a file system that
+    /// fails with a transport error (a network file system that does not answer). Not a
+    /// refusal (403, a missing bucket, a read-only or full file system), damage, or a
+    /// lost job: no retry mends those.
+    pub fn may_pass(&self) -> bool {
+        match self {
+            StoreError::Io { cause, .. } => io_may_pass(cause),
+            StoreError::Remote { cause, .. } => remote_may_pass(&**cause),
+            StoreError::NotDurable(inner) => inner.may_pass(),
+            StoreError::Corrupt { .. }
+            | StoreError::NoUsableCheckpoint(_)
+            | StoreError::Fenced { .. } => false,
+        }
+    }
+
     pub(crate) fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -148,6 +165,80 @@ impl StoreError {
             cause,
         }
     }
+}
+
+/// Whether `error`, which kept a run from starting its job, may pass by itself: a
+/// [`StoreError`] that [may pass](StoreError::may_pass), or an I/O error with a transport
+/// error number, anywhere in its chain.
+pub fn may_pass(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<StoreError>()
+            .is_some_and(StoreError::may_pass)
+            || cause
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(io_may_pass)
+    })
+}
+
+/// The error numbers of a file system that cannot reach its storage right now: a
+/// network file system's server down or unreachable (NFS soft mounts fail with EIO).
+fn io_may_pass(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(
+            libc::EIO
+                | libc::ETIMEDOUT
+                | libc::ESTALE
+                | libc::ENOTCONN
+                | libc::ECONNREFUSED
+                | libc::ECONNRESET
+                | libc::ECONNABORTED
+                | libc::EHOSTDOWN
+                | libc::EHOSTUNREACH
+                | libc::ENETDOWN
+                | libc::ENETUNREACH
+                | libc::ENOLCK
+        )
+    )
+}
+
+/// Whether an object store client's error may pass: a failure to connect or to get an
+/// answer in time (a DNS failure included), or a status of 5xx, 429 (slow down) or 408.
+/// Refusals the client names (not found, forbidden, unauthenticated, a failed
+/// precondition) do not.
+fn remote_may_pass(error: &(dyn std::error::Error + 'static)) -> bool {
+    use object_store::client::{HttpError, HttpErrorKind};
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if let Some(http) = error.downcast_ref::<HttpError>() {
+            return matches!(
+                http.kind(),
+                HttpErrorKind::Connect
+                    | HttpErrorKind::Request
+                    | HttpErrorKind::Timeout
+                    | HttpErrorKind::Interrupted
+            );
+        }
+        if let Some(store) = error.downcast_ref::<object_store::Error>()
+            && !matches!(store, object_store::Error::Generic { .. })
+        {
+            return false;
+        }
+        if let Some(status) = http_status(&error.to_string()) {
+            return status >= 500 || status == 429 || status == 408;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// The HTTP status in an object store client's error text ("... status code: 503
+/// Service Unavailable ..."): the client keeps the status in a type of its own that it
+/// does not export.
+fn http_status(text: &str) -> Option<u16> {
+    let (_, after) = text.split_once("status code: ")?;
+    after.get(..3)?.parse().ok()
 }
 
 /// An error and, unless its text already says it, its root cause: clients wrap a cause
