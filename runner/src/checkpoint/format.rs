@@ -112,9 +112,10 @@ pub enum FormatError {
 }
 
 impl Record {
-    /// The header and the outputs section as stored; the payload follows them. Writing
+    /// The header and the outputs section as stored for this record holding `payload`
+    /// (its own, or the same bytes where they are); the payload follows them. Writing
     /// the payload separately spares a copy of a large one.
-    pub fn head(&self) -> Vec<u8> {
+    pub fn head(&self, payload: &[u8]) -> Vec<u8> {
         // Paths come from the file system and are far shorter than 64 KiB; the output
         // directory refuses longer ones before they get here.
         let push_path = |bytes: &mut Vec<u8>, path: &str| {
@@ -130,7 +131,7 @@ impl Record {
         }
         let mut body_crc = crc32fast::Hasher::new();
         body_crc.update(&outputs);
-        body_crc.update(&self.payload);
+        body_crc.update(payload);
 
         let mut head = vec![0u8; HEADER_LEN];
         head[..8].copy_from_slice(MAGIC);
@@ -143,7 +144,7 @@ impl Record {
         head[32..40].copy_from_slice(&self.written_at_ms.to_le_bytes());
         head[40..72].copy_from_slice(&self.module_digest);
         head[72..80].copy_from_slice(&(outputs.len() as u64).to_le_bytes());
-        head[80..88].copy_from_slice(&(self.payload.len() as u64).to_le_bytes());
+        head[80..88].copy_from_slice(&(payload.len() as u64).to_le_bytes());
         head[88..92].copy_from_slice(&body_crc.finalize().to_le_bytes());
         let header_crc = crc32fast::hash(&head[..92]);
         head[92..96].copy_from_slice(&header_crc.to_le_bytes());
@@ -153,7 +154,7 @@ impl Record {
 
     /// The record as stored: header, outputs, payload.
     pub fn encode(&self) -> Vec<u8> {
-        [self.head(), self.payload.clone()].concat()
+        [self.head(&self.payload), self.payload.clone()].concat()
     }
 
     /// Reads a stored record, checking everything the header promises.

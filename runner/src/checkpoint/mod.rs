@@ -285,6 +285,34 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// [`StoreError::NotDurable`], not), even if nobody awaits the commit any more.
 pub type Landed = Box<dyn FnOnce() + Send>;
 
+/// A commit, as [`Store::commit`] leaves it.
+pub enum Commit {
+    /// Done, on the caller's thread (a local store's).
+    Done(Result<(), StoreError>),
+    /// Going on as a task of its own (a bucket's): dropping this leaves it running, to
+    /// land or not.
+    Pending(BoxFuture<'static, Result<(), StoreError>>),
+}
+
+impl fmt::Debug for Commit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Commit::Done(result) => f.debug_tuple("Done").field(result).finish(),
+            Commit::Pending(_) => f.write_str("Pending"),
+        }
+    }
+}
+
+impl Commit {
+    /// How the commit ended.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self {
+            Commit::Done(result) => result,
+            Commit::Pending(commit) => commit.await,
+        }
+    }
+}
+
 /// What a kind of [`Location`] does: give each job its place. Implemented by each
 /// backend; nothing outside this module sees it.
 pub(crate) trait Backend: Send + Sync + fmt::Debug + fmt::Display {
@@ -363,8 +391,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Where the job's state is, for people.
     fn shown(&self) -> String;
 
-    /// Replaces the committed record with `record`. When it returns `Ok` the record is
-    /// on stable storage. If it fails (other than with [`StoreError::NotDurable`]) or the
+    /// Replaces the committed record with `record` holding `payload` (which the commit
+    /// reads instead of `record.payload`: a save writes the state from the job's memory
+    /// while it copies it aside). Once it ends `Ok` the record is on stable storage. If it fails (other than with [`StoreError::NotDurable`]) or the
     /// process dies during the call, the previous record is still the committed one;
     /// except that a request to an object store whose reply was lost may have landed, so
     /// that `record` is the committed one (a save of the same sequence replaces it). A
@@ -372,14 +401,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// nothing. `landed` is called once the record is in place.
     ///
     /// A local commit runs on the caller's thread (leaving the runtime's worker, if the
-    /// caller is on one, to the runtime's other tasks meanwhile) and cannot be cancelled:
-    /// a forced stop waits for it, and the watchdog bounds that. A remote one goes on
-    /// by itself if its future is dropped, and lands or not.
-    fn commit<'a>(
-        &'a self,
-        record: &'a Record,
-        landed: Landed,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// caller is on one, to the runtime's other tasks meanwhile) and is
+    /// [done](Commit::Done) when this returns: a forced stop waits for it, and the
+    /// watchdog bounds that. A remote one [goes on](Commit::Pending) by itself.
+    fn commit(&self, record: &Record, payload: &[u8], landed: Landed) -> Commit;
 
     /// Gives the job up at the end of the run, within a bound of the store's own (a
     /// shorter one when `hurry`: after a forced stop the runner must exit well before

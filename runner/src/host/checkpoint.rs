@@ -2,12 +2,14 @@
 //! started, or the last one saved); saves commit the output directory and then the
 //! record to the [`Store`], and return only once both are durable.
 //!
-//! A save's state is copied once out of the job's memory, into a buffer the runner
-//! keeps: the one that held the state saved before the last, whose pages are already
-//! the process's. A job saving a large state again and again thus pays a copy, not a
-//! fresh allocation (a page fault and a page zeroed per 4 KiB: for 64 MiB, more than the
-//! write) and its release. The runner then holds two states between saves, as it did
-//! during each.
+//! A save writes the state from the job's memory, and copies it once, for later loads
+//! and the completion record, into a buffer the runner keeps: the one that held the
+//! state saved before the last, whose pages are already the process's. A job saving a
+//! large state again and again thus pays a copy, not a fresh allocation (a page fault
+//! and a page zeroed per 4 KiB: for 64 MiB, more than the write) and its release; and
+//! the copy of a large state runs on a thread of its own while the commit writes, so
+//! that the save waits for the write only. The runner holds two states between saves,
+//! as it did during each.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,9 +17,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::bindings::runner::job::checkpoint::Error;
 use crate::checkpoint::format::Digest;
 use crate::checkpoint::output::OutputDir;
-use crate::checkpoint::{Record, Store, StoreError};
+use crate::checkpoint::{Commit, Record, Store, StoreError};
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
+
+/// From how many bytes a save's state is copied aside on a thread of its own, while the
+/// commit writes it: below, starting the thread would cost more than the copy.
+const COPY_ASIDE_FROM: usize = 1 << 20;
 
 /// The checkpoint host: the store, the output directory, and the last committed record.
 #[derive(Debug)]
@@ -65,7 +71,7 @@ impl Checkpoints {
 
     /// The buffer for the next save's state of `len` bytes, empty: the one that held
     /// the state saved before the last (see the module's doc), unless that is more than
-    /// twice as large, then a new one. Give it back through [`save`](Self::save).
+    /// twice as large, then a new one. Give it to [`start_save`](Self::start_save).
     pub(super) fn buffer(&mut self, len: usize) -> Vec<u8> {
         let mut buffer = std::mem::take(&mut self.spare);
         if buffer.capacity() / 2 > len {
@@ -75,11 +81,34 @@ impl Checkpoints {
         buffer
     }
 
-    /// `save` of `state` (in a buffer from [`buffer`](Self::buffer)), at most
-    /// [`MAX_STATE_LEN`](crate::checkpoint::MAX_STATE_LEN) bytes.
-    pub(super) async fn save(&mut self, state: Vec<u8>) -> Result<(), Error> {
-        let record = self.next_record(state, false)?;
-        self.commit(record).await
+    /// The first half of `save` of `state`, the job's memory, at most
+    /// [`MAX_STATE_LEN`](crate::checkpoint::MAX_STATE_LEN) bytes: commits it as the
+    /// record after the last and copies it into `buffer` (from [`buffer`](Self::buffer)),
+    /// a large one on a thread of its own meanwhile. Returns the record, holding the
+    /// copy, and the commit, for [`finish_save`](Self::finish_save) once it has ended.
+    pub(super) fn start_save(
+        &self,
+        state: &[u8],
+        mut buffer: Vec<u8>,
+    ) -> Result<(Record, Commit), Error> {
+        let mut record = self.next_record(false)?;
+        let commit = std::thread::scope(|scope| {
+            let copy = if state.len() >= COPY_ASIDE_FROM {
+                Some(scope.spawn(|| buffer.extend_from_slice(state)))
+            } else {
+                buffer.extend_from_slice(state);
+                None
+            };
+            let commit = self.write(&mut record, state);
+            if let Some(copy) = copy
+                && let Err(panic) = copy.join()
+            {
+                std::panic::resume_unwind(panic);
+            }
+            commit
+        });
+        record.payload = buffer;
+        Ok((record, commit))
     }
 }
 
@@ -95,16 +124,18 @@ impl Checkpoints {
             .as_mut()
             .map(|record| std::mem::take(&mut record.payload))
             .unwrap_or_default();
-        let Ok(record) = self.next_record(state, true) else {
+        let Ok(mut record) = self.next_record(true) else {
             tracing::warn!("the sequence numbers of the job's checkpoints are exhausted");
             return None;
         };
         let sequence = record.sequence;
-        self.commit(record).await.ok().map(|()| sequence)
+        let committed = self.write(&mut record, &state).wait().await;
+        record.payload = state;
+        self.finish_save(record, committed).ok().map(|()| sequence)
     }
 
-    /// The record after the last committed one, holding `state`.
-    fn next_record(&self, state: Vec<u8>, completed: bool) -> Result<Record, Error> {
+    /// The record after the last committed one, its state not yet in it.
+    fn next_record(&self, completed: bool) -> Result<Record, Error> {
         let sequence = match &self.committed {
             None => 1,
             Some(last) => last
@@ -121,14 +152,19 @@ impl Checkpoints {
             module_digest: self.module_digest,
             output_dir: None,
             outputs: Vec::new(),
-            payload: state,
+            payload: Vec::new(),
             completed,
         })
     }
 
-    /// Commits `record` and waits for it to be durable.
-    async fn commit(&mut self, mut record: Record) -> Result<(), Error> {
-        let committed = self.write(&mut record).await;
+    /// The second half of `save` (and of the completion): keeps `record` as the last
+    /// committed one, which a load returns, if its commit landed, and its state's buffer
+    /// for the next save if it did not.
+    pub(super) fn finish_save(
+        &mut self,
+        record: Record,
+        committed: Result<(), StoreError>,
+    ) -> Result<(), Error> {
         let kept = match committed {
             Ok(()) => Ok(()),
             Err(error @ StoreError::NotDurable(_)) => {
@@ -156,18 +192,21 @@ impl Checkpoints {
 }
 
 impl Checkpoints {
-    /// Data before record: the output files first, so that the lengths a record promises
-    /// are already durable when it is. On the job's own thread, like the store's local
-    /// commit: a small commit is mostly its fsyncs, and handing it to another thread and
-    /// back would add a third to its time.
-    async fn write(&self, record: &mut Record) -> Result<(), StoreError> {
+    /// Commits `record` holding `state`. Data before record: the output files first, so
+    /// that the lengths a record promises are already durable when it is. On the job's
+    /// own thread, like the store's local commit: a small commit is mostly its fsyncs,
+    /// and handing it to another thread and back would add a third to its time.
+    fn write(&self, record: &mut Record, state: &[u8]) -> Commit {
         if let Some(output) = &self.output {
             record.output_dir = Some(output.key().to_owned());
-            record.outputs = tokio::task::block_in_place(|| output.sync())?;
+            match tokio::task::block_in_place(|| output.sync()) {
+                Ok(outputs) => record.outputs = outputs,
+                Err(error) => return Commit::Done(Err(error)),
+            }
         }
         let status = Arc::clone(&self.status);
         let sequence = record.sequence;
         let landed = Box::new(move || status.committed(sequence));
-        self.store.commit(record, landed).await
+        self.store.commit(record, state, landed)
     }
 }

@@ -144,7 +144,8 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 
 /// `runner:job/checkpoint`, by hand rather than through the bindings: `save` takes the
 /// state as a view of the job's memory ([`WasmList`]), which the bindings would copy
-/// into a new `Vec` first, and copies it into the buffer [`Checkpoints`] keeps for it.
+/// into a new `Vec` first; the commit writes it from there, and [`Checkpoints`] copies
+/// it into the buffer it keeps for it.
 /// The only import that does I/O. Async, for a bucket's commit, which goes on as a task
 /// of the runtime (a forced stop leaves it behind); a state directory's runs on the
 /// job's thread (see [`Store::commit`](crate::checkpoint::Store::commit)).
@@ -161,9 +162,17 @@ fn add_checkpoint_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<(
                 if len as u64 > MAX_STATE_LEN {
                     return Ok((Err(CheckpointError::TooLarge(MAX_STATE_LEN)),));
                 }
-                let mut buffer = store.data_mut().checkpoints.buffer(len);
-                buffer.extend_from_slice(state.as_le_slice(&store));
-                Ok((store.data_mut().checkpoints.save(buffer).await,))
+                let buffer = store.data_mut().checkpoints.buffer(len);
+                let started = store
+                    .data()
+                    .checkpoints
+                    .start_save(state.as_le_slice(&store), buffer);
+                let (record, commit) = match started {
+                    Ok(started) => started,
+                    Err(error) => return Ok((Err(error),)),
+                };
+                let committed = commit.wait().await;
+                Ok((store.data_mut().checkpoints.finish_save(record, committed),))
             })
         },
     )

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use super::head::{Generation, Head, update};
 use super::{BucketJob, HEAD};
-use crate::checkpoint::{BoxFuture, Landed, Newest, Record, Store, StoreError, choose};
+use crate::checkpoint::{BoxFuture, Commit, Landed, Newest, Record, Store, StoreError, choose};
 use crate::human::{format_duration, whole_ms};
 
 /// How long the end of a forced stop waits to release the job (five times as long after
@@ -362,14 +362,10 @@ impl Store for BucketStore {
     /// Runs the commit as a task of its own and waits for it: the task goes on if the
     /// job is stopped meanwhile. Once the runtime has shut down (the run is over), the
     /// commit fails instead.
-    fn commit<'a>(
-        &'a self,
-        record: &'a Record,
-        landed: Landed,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn commit(&self, record: &Record, payload: &[u8], landed: Landed) -> Commit {
         let (owner, sequence) = (Arc::clone(&self.owner), record.sequence);
-        let mut bytes = record.head();
-        bytes.extend_from_slice(&record.payload);
+        let mut bytes = record.head(payload);
+        bytes.extend_from_slice(payload);
         let commit = self.runtime.spawn(async move {
             let committed = owner.commit(sequence, bytes).await;
             if committed.is_ok() {
@@ -377,14 +373,15 @@ impl Store for BucketStore {
             }
             committed
         });
-        Box::pin(async move {
+        let object = self.owner.job.url();
+        Commit::Pending(Box::pin(async move {
             commit.await.unwrap_or_else(|_| {
                 Err(StoreError::Remote {
                     action: "commit to",
-                    object: self.owner.job.url(),
+                    object,
                     cause: "the runner is exiting".into(),
                 })
             })
-        })
+        }))
     }
 }

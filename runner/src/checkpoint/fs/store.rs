@@ -9,7 +9,8 @@ use std::thread::JoinHandle;
 use super::dir::{CHECKPOINT, FENCE, JobDir, Lock, PREVIOUS, remove_if_present};
 use crate::checkpoint::durable::sync_dir;
 use crate::checkpoint::{
-    BoxFuture, Landed, Loaded, MAX_RECORD_LEN, Newest, Record, Slot, Store, StoreError, choose,
+    BoxFuture, Commit, Landed, Loaded, MAX_RECORD_LEN, Newest, Record, Slot, Store, StoreError,
+    choose,
 };
 
 /// A job's checkpoints in a local directory, owned by this run.
@@ -255,18 +256,12 @@ impl Store for LocalStore {
         }
     }
 
-    fn commit<'a>(
-        &'a self,
-        record: &'a Record,
-        landed: Landed,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(async move {
-            let committed = tokio::task::block_in_place(|| self.commit_here(record));
-            if matches!(committed, Ok(()) | Err(StoreError::NotDurable(_))) {
-                landed();
-            }
-            committed
-        })
+    fn commit(&self, record: &Record, payload: &[u8], landed: Landed) -> Commit {
+        let committed = tokio::task::block_in_place(|| self.commit_here(record, payload));
+        if matches!(committed, Ok(()) | Err(StoreError::NotDurable(_))) {
+            landed();
+        }
+        Commit::Done(committed)
     }
 }
 
@@ -274,10 +269,10 @@ impl LocalStore {
     /// [`Store::commit`], on this thread: the job's, so that a small commit costs its
     /// system calls and no hand-off to another thread and back (which would add a third
     /// to it).
-    fn commit_here(&self, record: &Record) -> Result<(), StoreError> {
+    fn commit_here(&self, record: &Record, payload: &[u8]) -> Result<(), StoreError> {
         self.fence_durable()?;
-        let head = record.head();
-        let len = head.len() as u64 + record.payload.len() as u64;
+        let head = record.head(payload);
+        let len = head.len() as u64 + payload.len() as u64;
         if len > MAX_RECORD_LEN {
             return Err(StoreError::Corrupt {
                 path: self.dir.file(CHECKPOINT),
@@ -288,8 +283,7 @@ impl LocalStore {
             });
         }
         let temp = self.dir.commit_file(self.fence, record.sequence)?;
-        write_both(temp.as_file(), &head, &record.payload)
-            .map_err(StoreError::io("write", temp.path()))?;
+        write_both(temp.as_file(), &head, payload).map_err(StoreError::io("write", temp.path()))?;
         temp.as_file()
             .sync_all()
             .map_err(StoreError::io("fsync", temp.path()))?;
@@ -374,6 +368,10 @@ mod tests {
         }
     }
 
+    fn commit(store: &LocalStore, record: &Record) -> Result<(), StoreError> {
+        store.commit_here(record, &record.payload)
+    }
+
     fn names(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(dir)
             .expect("list")
@@ -391,7 +389,7 @@ mod tests {
         assert_eq!(loaded.earlier_output, None);
         assert_eq!(store.fence(), 1);
         for sequence in 1..=3 {
-            store.commit_here(&record(sequence, 1)).expect("commit");
+            commit(&store, &record(sequence, 1)).expect("commit");
         }
         assert_eq!(names(store.dir.path()), [CHECKPOINT, PREVIOUS, FENCE, LOCK]);
         drop(store);
@@ -409,8 +407,8 @@ mod tests {
     fn a_damaged_newest_falls_back_to_the_previous_generation() {
         let root = tempfile::tempdir().expect("tempdir");
         let (store, _) = acquire(root.path());
-        store.commit_here(&record(1, 1)).expect("commit");
-        store.commit_here(&record(2, 1)).expect("commit");
+        commit(&store, &record(1, 1)).expect("commit");
+        commit(&store, &record(2, 1)).expect("commit");
         let path = store.dir.file(CHECKPOINT);
         let bytes = fs::read(&path).expect("read");
         fs::write(&path, &bytes[..bytes.len() - 3]).expect("tear");
@@ -424,7 +422,7 @@ mod tests {
             loaded.notes
         );
         // The next commit replaces the damaged file and keeps the good generation.
-        store.commit_here(&record(2, 2)).expect("commit");
+        commit(&store, &record(2, 2)).expect("commit");
         drop(store);
         let (_, loaded) = acquire(root.path());
         assert_eq!(loaded.record, Some(record(2, 2)));
@@ -435,7 +433,7 @@ mod tests {
     fn no_usable_generation_refuses_unless_starting_over() {
         let root = tempfile::tempdir().expect("tempdir");
         let (store, _) = acquire(root.path());
-        store.commit_here(&record(1, 1)).expect("commit");
+        commit(&store, &record(1, 1)).expect("commit");
         fs::write(store.dir.file(CHECKPOINT), b"RUNRCKPT garbage").expect("damage");
         drop(store);
         let dir = job_dir(root.path());
@@ -459,16 +457,14 @@ mod tests {
             .expect("start over");
         assert_eq!(loaded.record, None);
         assert_eq!(loaded.notes.len(), 1, "{:?}", loaded.notes);
-        store
-            .commit_here(&record(1, store.fence()))
-            .expect("commit");
+        commit(&store, &record(1, store.fence())).expect("commit");
     }
 
     #[test]
     fn a_fencing_number_written_while_the_job_starts_is_durable_before_the_first_commit() {
         let root = tempfile::tempdir().expect("tempdir");
         let (old, _) = acquire(root.path());
-        old.commit_here(&record(1, old.fence())).expect("commit");
+        commit(&old, &record(1, old.fence())).expect("commit");
         drop(old);
         let dir = job_dir(root.path());
         let lock = dir.try_lock().expect("lock").expect("free");
@@ -476,9 +472,9 @@ mod tests {
             .expect("claim")
             .own_while_starting();
         assert_eq!((store.fence(), loaded.record), (2, Some(record(1, 1))));
-        store.commit_here(&record(2, 2)).expect("commit");
+        commit(&store, &record(2, 2)).expect("commit");
         assert_eq!(dir.read_fence().expect("fence").map(|f| f.number), Some(2));
-        store.commit_here(&record(3, 2)).expect("and again");
+        commit(&store, &record(3, 2)).expect("and again");
     }
 
     #[test]
@@ -499,25 +495,24 @@ mod tests {
     fn a_newer_owner_fences_the_old_one() {
         let root = tempfile::tempdir().expect("tempdir");
         let (old, _) = acquire(root.path());
-        old.commit_here(&record(1, old.fence())).expect("commit");
+        commit(&old, &record(1, old.fence())).expect("commit");
         // The lock did not hold (its file was removed): a second run takes the job.
         fs::remove_file(old.dir.file(LOCK)).expect("remove lock");
         let (new, loaded) = acquire(root.path());
         assert_eq!(new.fence(), 2);
         assert_eq!(loaded.record, Some(record(1, 1)));
         assert!(matches!(
-            old.commit_here(&record(2, 1)),
+            commit(&old, &record(2, 1)),
             Err(StoreError::Fenced { ours: 1, .. })
         ));
-        new.commit_here(&record(2, 2))
-            .expect("the new owner commits");
+        commit(&new, &record(2, 2)).expect("the new owner commits");
     }
 
     #[test]
     fn leftover_temp_files_are_removed_and_change_nothing() {
         let root = tempfile::tempdir().expect("tempdir");
         let (store, _) = acquire(root.path());
-        store.commit_here(&record(1, 1)).expect("commit");
+        commit(&store, &record(1, 1)).expect("commit");
         // A crash after writing the temp file but before the rename.
         fs::write(store.dir.file(".tmp.crashed"), b"half-writ").expect("write");
         drop(store);
