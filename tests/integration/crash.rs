@@ -264,7 +264,22 @@ fn a_commit_stuck_in_fsync_is_left_behind_after_the_deadline() {
         Stdio::null(),
     );
     let pid = running.child_pid();
-    wait_until("the second commit", || temp.exists().then_some(()));
+    // The job's thread (the runner's main thread) in the fsync strace holds, or the
+    // runner gone without reaching it.
+    let syscall = format!("/proc/{pid}/task/{pid}/syscall");
+    let blocked = wait_until("the second commit's fsync", || {
+        match std::fs::read_to_string(&syscall) {
+            // The output files' fsyncs come before the temporary file exists, the
+            // directory's after it is renamed.
+            Ok(call) => (call.starts_with(&format!("{} ", libc::SYS_fsync)) && temp.exists())
+                .then_some(true),
+            Err(_) => Some(false),
+        }
+    });
+    if !blocked {
+        let finished = running.wait();
+        panic!("the runner ended before its second commit's fsync: {finished:?}");
+    }
     let signalled = Instant::now();
     send_signal(pid, SIGTERM);
     let summary = wait_until("the watchdog's summary", || {
