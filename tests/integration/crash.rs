@@ -247,39 +247,47 @@ fn a_commit_stuck_in_fsync_is_left_behind_after_the_deadline() {
     // interrupt it: for a store that stops answering (a hung network file system), the
     // watchdog ends the run after the deadline. Here the second commit's fsync takes
     // 20 s (strace holds the thread; it also holds the process's exit until then).
-    let sandbox = Sandbox::new();
-    let temp = sandbox.job_dir("sequence").join(".tmp.checkpoint.1.2");
-    let log = sandbox.path().join("termination-log");
-    let mut runner = sandbox.runner();
-    runner
-        .arg("--grace")
-        .arg("500ms")
-        .arg("--termination-log")
-        .arg(&log)
-        .arg("--output")
-        .arg(sandbox.output_dir())
-        .args([SEQUENCE, &LINES.to_string()]);
-    let running = Running::start(
-        &mut strace("fsync", Some(&temp), 1, "delay_enter=20000000", &runner),
-        Stdio::null(),
-    );
-    let pid = running.child_pid();
-    // The job's thread (the runner's main thread) in the fsync strace holds, or the
-    // runner gone without reaching it.
-    let syscall = format!("/proc/{pid}/task/{pid}/syscall");
-    let blocked = wait_until("the second commit's fsync", || {
-        match std::fs::read_to_string(&syscall) {
-            // The output files' fsyncs come before the temporary file exists, the
-            // directory's after it is renamed.
-            Ok(call) => (call.starts_with(&format!("{} ", libc::SYS_fsync)) && temp.exists())
-                .then_some(true),
-            Err(_) => Some(false),
+    // strace 6.1 does not always apply a delay to a process whose other threads are busy
+    // ("has delayed wait data set already"): a run it did not hold is tried again.
+    let mut attempts = 0;
+    let (sandbox, running, pid, log) = loop {
+        attempts += 1;
+        let sandbox = Sandbox::new();
+        let temp = sandbox.job_dir("sequence").join(".tmp.checkpoint.1.2");
+        let log = sandbox.path().join("termination-log");
+        let mut runner = sandbox.runner();
+        runner
+            .arg("--grace")
+            .arg("500ms")
+            .arg("--termination-log")
+            .arg(&log)
+            .arg("--output")
+            .arg(sandbox.output_dir())
+            .args([SEQUENCE, &LINES.to_string()]);
+        let running = Running::start(
+            &mut strace("fsync", Some(&temp), 1, "delay_enter=20000000", &runner),
+            Stdio::null(),
+        );
+        let pid = running.child_pid();
+        // The job's thread (the runner's main thread) in the fsync strace holds, or the
+        // runner gone without reaching it.
+        let syscall = format!("/proc/{pid}/task/{pid}/syscall");
+        let held = wait_until("the second commit's fsync", || {
+            match std::fs::read_to_string(&syscall) {
+                // The output files' fsyncs come before the temporary file exists, the
+                // directory's after it is renamed.
+                Ok(call) => (call.starts_with(&format!("{} ", libc::SYS_fsync)) && temp.exists())
+                    .then_some(true),
+                Err(_) => Some(false),
+            }
+        });
+        if held {
+            break (sandbox, running, pid, log);
         }
-    });
-    if !blocked {
         let finished = running.wait();
-        panic!("the runner ended before its second commit's fsync: {finished:?}");
-    }
+        finished.assert_code(0);
+        assert!(attempts < 3, "strace never held the fsync: {finished:?}");
+    };
     let signalled = Instant::now();
     send_signal(pid, SIGTERM);
     let summary = wait_until("the watchdog's summary", || {
