@@ -32,11 +32,12 @@ with --only):
            the sizes of the static runner and of the image.
 
 Every section but compute runs --repetitions times (3 by default), the repetitions of
-all sections taking turns; within one, the current and the baseline build take turns
-trial by trial. The report gives each figure as the median of its repetitions and their
-min-max, the current build beside the baseline with their ratio, and marks a figure
-worse or better only when the two builds' repetitions do not overlap and differ by more
-than their own spread (see `verdict`).
+all sections taking turns; within one, the current build, the baseline and the control
+(the baseline's source built again elsewhere, --control-runner) take turns trial by
+trial. The report gives each figure as the median of its repetitions and their min-max,
+the current build beside the baseline with their ratio, and marks a figure worse or
+better only when the two builds' repetitions do not overlap and differ by more than
+their own spread and than the control differs from the baseline (see `verdict`).
 
 Children run without RUST_BACKTRACE, as in production (it slows every trap path).
 """
@@ -54,6 +55,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 TMPFS_ROW = "runner, cached, state directory on tmpfs (no fsync cost; for comparison)"
@@ -113,17 +115,27 @@ def rep_cell(values, digits=2):
     return f"{fmt(statistics.median(values), digits)} ({fmt(min(values), digits)}–{fmt(max(values), digits)})"
 
 
-def verdict(current, baseline):
+def verdict(current, baseline, control=None):
     """`worse`, `better` or `same` for a figure where more is worse, from its values in
-    each repetition of the two builds. Worse only when every repetition of the current
-    build is worse than every repetition of the baseline (with three each, chance alone
-    does that one time in twenty) and the medians differ by more than the larger of the
-    two builds' own spread over the repetitions and by more than FLOOR; better likewise."""
+    each repetition of the two builds (and of the control: the baseline's source built
+    again, in another directory). Worse only when every repetition of the current build is
+    worse than every repetition of the baseline (with three each, chance alone does that
+    one time in twenty) and the medians differ by more than the larger of the two builds'
+    own spread over the repetitions, by more than FLOOR, and by more than the control
+    differed from the baseline in any repetition; better likewise.
+
+    The control is there because two builds of one source are not one program: where the
+    source tree lies changes the symbols' hashes, so how the linker lays the code out,
+    and a path as short as the forced stop, which faults in code it never ran before,
+    moves by 20% with it. Without it, a run against the commit itself shows such moves as
+    regressions; with it, a difference must exceed what a rebuild alone does."""
     if len(current) < 2 or len(baseline) < 2:
         return "same"
     spread = max(max(current) - min(current), max(baseline) - min(baseline))
     diff = statistics.median(current) - statistics.median(baseline)
     bound = max(spread, FLOOR * statistics.median(baseline))
+    if control:
+        bound = max(bound, max(abs(c - b) for c, b in zip(control, baseline)))
     if min(current) > max(baseline) and diff > bound:
         return "worse"
     if max(current) < min(baseline) and -diff > bound:
@@ -212,8 +224,10 @@ class Build:
 
 
 def turns(builds, trial):
-    """The builds in the order of one trial: alternating, so that neither always goes first."""
-    return builds if trial % 2 == 0 else builds[::-1]
+    """The builds in the order of one trial: rotating, so that each goes first, and each
+    follows each other, as often as the others."""
+    k = trial % len(builds)
+    return builds[k:] + builds[:k]
 
 
 # ---------------------------------------------------------------------------- sections
@@ -237,6 +251,13 @@ class Bench:
                 Build(
                     "baseline", args.baseline_runner, args.baseline_static_runner, args.baseline_image_layout,
                     args.baseline_rev, self.work,
+                )
+            )
+        if args.control_runner:
+            self.builds.append(
+                Build(
+                    "control", args.control_runner, args.control_static_runner, args.control_image_layout,
+                    f"{args.baseline_rev}, built again", self.work,
                 )
             )
         self.current = self.builds[0]
@@ -675,7 +696,7 @@ class Report:
         self.names = [build.name for build in bench.builds]
         self.lines = []
         self.targets = []
-        # (section title, figure, current values, baseline values)
+        # (section title, figure, current values, baseline values, control values or None, digits)
         self.comparisons = []
 
     def values(self, section, row, build, metric, stat):
@@ -693,9 +714,12 @@ class Report:
     def compare(self, title, section, row, metric, stat, label, digits=2):
         if "baseline" not in self.names or "baseline" not in self.data[section][row]:
             return
+        control = None
+        if "control" in self.data[section][row]:
+            control = self.values(section, row, "control", metric, stat)
         self.comparisons.append(
             (title, label, self.values(section, row, "current", metric, stat),
-             self.values(section, row, "baseline", metric, stat), digits)
+             self.values(section, row, "baseline", metric, stat), control, digits)
         )
 
     def latency_table(self, section, rows, digits=3):
@@ -1026,32 +1050,45 @@ class Report:
         if baseline is None or not self.comparisons:
             return
         reps = self.args.repetitions
+        control = next((b for b in self.bench.builds if b.name == "control"), None)
         worse = []
+        text = (
+            f"The current build (`{self.bench.current.revision}`) and the baseline (`{baseline.revision}`), "
+            "measured in the same run, trial by trial in turn. Each figure is the median of its repetitions "
+            "(min–max); the ratio is the median over the repetitions of current / baseline within one, so that "
+            f"a machine that slows down for a while slows both. A figure is marked **worse** only when all {reps} "
+            f"repetitions of the current build are worse than all {reps} of the baseline (when the builds do not "
+            f"differ, chance alone does that once in {math.comb(2 * reps, reps)}) and the medians differ by more "
+            f"than the larger of the two builds' own spread over the repetitions, by more than {FLOOR:.0%}"
+            + (", and by more than the control differed from the baseline in any repetition" if control else "")
+            + "; **better** likewise; otherwise the difference is within what this run measured as noise."
+        )
+        if control:
+            text += (
+                " The control is the baseline's source built again in another directory and measured beside "
+                "the two: two builds of one source differ (the directory changes the symbols' hashes, so the "
+                "code's layout), and a short path such as the forced stop moves by up to a tenth with it "
+                "(a fifth in one run against the commit itself); a change must move a figure by more than a "
+                "rebuild alone does."
+            )
+        self.lines += ["## Against the baseline", "", *textwrap.wrap(text, 100)]
         self.lines += [
-            "## Against the baseline",
             "",
-            f"The current build (`{self.bench.current.revision}`) and the baseline (`{baseline.revision}`), measured in",
-            "the same run, trial by trial in turn. Each figure is the median of its repetitions (min–max); the",
-            "ratio is the median over the repetitions of current / baseline within one, so that a machine that",
-            f"slows down for a while slows both. A figure is marked **worse** only when all {reps} repetitions of the",
-            f"current build are worse than all {reps} of the baseline (when the builds do not differ, chance alone",
-            f"does that once in {math.comb(2 * reps, reps)}) and the medians differ by more than the larger of the two",
-            f"builds' own spread over the repetitions, and by more than {FLOOR:.0%}; **better** likewise; otherwise",
-            "the difference is within what this run measured as noise.",
-            "",
-            "| section | figure | current | baseline | current / baseline | verdict |",
-            "|---|---|---|---|---|---|",
+            "| section | figure | current | baseline | current / baseline | "
+            + ("control / baseline | " if control else "")
+            + "verdict |",
+            "|---|---|---|---|---|" + ("---|" if control else "") + "---|",
         ]
-        for title, label, current, base, digits in self.comparisons:
+        for title, label, current, base, again, digits in self.comparisons:
             ratios = [ratio(c, b) for c, b in zip(current, base)]
-            judged = verdict(current, base)
+            judged = verdict(current, base, again)
             shown = {"worse": "**worse**", "better": "**better**", "same": "same"}[judged]
             if judged == "worse":
                 worse.append(f"{title}: {label}")
-            self.lines.append(
-                f"| {title} | {label} | {rep_cell(current, digits)} | {rep_cell(base, digits)} | "
-                f"{rep_cell(ratios)}x | {shown} |"
-            )
+            cells = [title, label, rep_cell(current, digits), rep_cell(base, digits), f"{rep_cell(ratios)}x"]
+            if control:
+                cells.append(f"{rep_cell([ratio(c, b) for c, b in zip(again, base)])}x" if again else "")
+            self.lines.append(f"| {' | '.join(cells)} | {shown} |")
         self.lines += [
             "",
             f"Regressions: {'; '.join(worse) if worse else 'none'}.",
@@ -1081,7 +1118,8 @@ def main():
     for name in ["runner", "wasmtime", "hyperfine", "hello", "testjob", "primes", "count-primes-wasm",
                  "count-primes-native", "count-primes-native-nodivl", "benchjob", "raw-commit", "python-hello",
                  "python-command", "startup", "static-runner", "image-layout", "s3s-fs", "baseline-runner",
-                 "baseline-static-runner", "baseline-image-layout"]:
+                 "baseline-static-runner", "baseline-image-layout", "control-runner", "control-static-runner",
+                 "control-image-layout"]:
         parser.add_argument(f"--{name}", help=f"path of {name}")
     parser.add_argument("--current-rev", help="what the runner was built from, for the report")
     parser.add_argument("--baseline-rev", help="what the baseline runner was built from, for the report")
@@ -1123,8 +1161,12 @@ def main():
     }
     if args.python_command:
         needs["python"].append("wasmtime")
+    if args.control_runner and not args.baseline_runner:
+        parser.error("--control-runner is a second build of the baseline: it needs --baseline-runner")
     if args.baseline_runner:
         needs["container"] += ["baseline_image_layout", "baseline_static_runner"]
+    if args.control_runner:
+        needs["container"] += ["control_image_layout", "control_static_runner"]
     for section in sections:
         for name in needs[section]:
             path = getattr(args, name)
