@@ -40,7 +40,8 @@ pub struct Cli {
 
     /// How the runner's own lines on stderr look: `text` (`runner: ...`; on a terminal
     /// the job's progress shows as a bar) or `json` (one JSON object per line, with
-    /// timestamp, level, message and fields).
+    /// timestamp, level, run_id, job_id, message and fields; the job's stdout and stderr
+    /// lines become objects too, marked with their `stream`).
     #[arg(
         long,
         value_name = "FORMAT",

@@ -91,6 +91,7 @@ fn run_main() -> ExitCode {
         Err(error) => return fail(error),
     };
     report.set_job_id(config.job_id.as_str());
+    runner::log::set_job_id(config.job_id.as_str());
     let shutdown = Shutdown::new(config.grace);
     shutdown.on_stuck_exit({
         let report = Arc::clone(&report);

@@ -6,6 +6,7 @@
 //!
 //! ```json
 //! {"outcome":"suspended","exit_code":75,"stop_reason":"SIGTERM","job_id":"primes",
+//!  "run_id":"5f0c3a9e12d4b7c1",
 //!  "checkpoint_sequence":12,"progress":{"done":5200000,"total":70000000},
 //!  "run_time_seconds":12.345,"message":"job suspended: ..."}
 //! ```
@@ -88,6 +89,8 @@ struct Summary<'a> {
     /// What asked the job to stop (or forced it), if anything did.
     stop_reason: Option<&'static str>,
     job_id: Option<&'a str>,
+    /// The run's id, as in its JSON log lines.
+    run_id: &'static str,
     checkpoint_sequence: Option<u64>,
     progress: Option<Progress>,
     run_time_seconds: f64,
@@ -146,6 +149,7 @@ pub fn to_json(
             _ => stop_reason.map(StopReason::name),
         },
         job_id,
+        run_id: crate::log::run_id(),
         checkpoint_sequence: status.checkpoint(),
         progress: status
             .progress()

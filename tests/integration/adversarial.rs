@@ -306,12 +306,23 @@ fn a_stalled_stderr_does_not_block_a_stop_before_the_job_starts() {
 /// blocked on stdout is: the runner exits with the forced-stop code and its summary.
 #[test]
 fn a_job_blocked_on_a_stalled_stderr_is_stopped_at_the_deadline() {
+    job_blocked_on_a_stalled_stderr("text");
+}
+
+/// The same with JSON logs, where the job's lines wait in the runner's queue for stderr.
+#[test]
+fn a_job_blocked_on_a_stalled_stderr_with_json_logs_is_stopped_at_the_deadline() {
+    job_blocked_on_a_stalled_stderr("json");
+}
+
+fn job_blocked_on_a_stalled_stderr(log_format: &str) {
     let sandbox = Sandbox::new();
     let (unread, stderr) = std::io::pipe().expect("pipe");
     let mut command = sandbox.runner();
     command
         .arg("--termination-log")
         .arg(sandbox.path().join("summary.json"))
+        .args(["--log-format", log_format])
         .args(["--grace", "1s", TESTJOB, "flood", "stderr"]);
     let running = Running::start_with_stderr(&mut command, Stdio::null(), stderr.into());
     wait_until("the job's checkpoint", || sandbox.checkpoint("testjob"));

@@ -3,12 +3,12 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use test_guests::{PRIMES, TESTJOB};
 
-use crate::util::{Running, SIGTERM, Sandbox, run};
+use crate::util::{Running, SIGTERM, Sandbox, run, wait_until};
 
 #[test]
 fn json_logs_are_one_object_per_line() {
@@ -63,6 +63,177 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(progress["message"], "progress 0/1000 (0.0%)");
     assert_eq!(progress["done"], 0);
     assert_eq!(progress["total"], 1000);
+}
+
+/// Parses each line of `text` as a JSON object.
+fn objects(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("`{line}`: {error}")))
+        .collect()
+}
+
+/// With JSON logs the job's own lines are objects too, whole and in order, on the stream
+/// the job wrote them to; its stderr lines in order with the runner's.
+#[test]
+fn json_logs_carry_the_jobs_lines_whole_and_in_order() {
+    let sandbox = Sandbox::new();
+    let summary_path = sandbox.path().join("summary.json");
+    let done = run(sandbox
+        .runner()
+        .arg("--termination-log")
+        .arg(&summary_path)
+        .args(["--log-format", "json", TESTJOB, "mixed-output"]));
+    done.assert_code(0);
+    let summary: Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_path).expect("summary"))
+            .expect("JSON");
+    let run_id = summary["run_id"].as_str().expect("a run id");
+    assert_eq!(run_id.len(), 16, "{summary}");
+    let (out, err) = (objects(&done.stdout), objects(&done.stderr));
+    for line in out.iter().chain(&err) {
+        assert_eq!(line["run_id"], run_id, "{line}");
+        assert!(line["timestamp"].as_str().is_some(), "{line}");
+    }
+    let job_lines = |lines: &[Value], stream: &str| -> Vec<Value> {
+        lines
+            .iter()
+            .filter(|line| line["stream"] == stream)
+            .cloned()
+            .collect()
+    };
+    // Every object on stdout is a line the job wrote there.
+    let stdout = job_lines(&out, "stdout");
+    assert_eq!(stdout.len(), out.len(), "{}", done.stdout);
+    for line in &stdout {
+        assert_eq!(line["job_id"], "testjob", "{line}");
+        assert!(line.get("level").is_none(), "{line}");
+    }
+    let text = |line: &Value| line["message"].as_str().expect("a message").to_owned();
+    let long = format!("a{}", "é".repeat(10_000));
+    assert_eq!(text(&stdout[0]), "out 1");
+    assert_eq!(text(&stdout[1]), "out 2");
+    // A line written in two parts is one object.
+    assert_eq!(text(&stdout[2]), "partial");
+    // A long line goes in pieces of at most 8 KiB, cut between characters, each but the
+    // last marked partial.
+    let pieces = &stdout[3..stdout.len() - 1];
+    assert!(pieces.len() >= 3, "{pieces:?}");
+    for (n, piece) in pieces.iter().enumerate() {
+        assert!(text(piece).len() <= 8192, "{}", text(piece).len());
+        let partial = n + 1 < pieces.len();
+        assert_eq!(piece.get("partial").is_some(), partial, "{piece}");
+    }
+    assert_eq!(pieces.iter().map(text).collect::<String>(), long);
+    // The last line, which the job never ended, when the job ended.
+    let last = stdout.last().expect("a line");
+    assert_eq!(text(last), "no newline at the end");
+    assert!(last.get("partial").is_none(), "{last}");
+
+    // On stderr, the job's lines in order among the runner's.
+    let said: Vec<String> = err
+        .iter()
+        .map(|line| match line["stream"].as_str() {
+            Some(stream) => format!("{stream}: {}", text(line)),
+            None => format!(
+                "runner {}: {}",
+                line["level"].as_str().expect("level"),
+                text(line)
+            ),
+        })
+        .collect();
+    let at = |wanted: &str| {
+        said.iter()
+            .position(|line| line == wanted)
+            .unwrap_or_else(|| panic!("no `{wanted}` in {said:#?}"))
+    };
+    let order = [
+        at("stderr: err 1"),
+        at("stderr: err 2"),
+        at(r"stderr: bad \xff\xfe byte \\ here"),
+        at("stderr: before progress"),
+        at("runner INFO: progress 1/2 (50.0%)"),
+        at("stderr: after progress"),
+    ];
+    assert!(order.is_sorted(), "{said:#?}");
+    // Bytes that are not UTF-8 are escaped, and said so.
+    let bad = &err[order[2]];
+    assert_eq!(bad["escaped"], true, "{bad}");
+    assert!(err[order[0]].get("escaped").is_none());
+    // The runner's lines carry the job and the run too.
+    assert_eq!(err[order[4]]["job_id"], "testjob");
+    assert_eq!(err[order[4]]["done"], 1);
+
+    // With text logs, the job's stdout is its own, byte for byte.
+    let plain = sandbox
+        .runner()
+        .args(["--start-over", TESTJOB, "mixed-output"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the runner");
+    assert!(plain.status.success(), "{plain:?}");
+    assert_eq!(
+        plain.stdout,
+        format!("out 1\nout 2\npartial\n{long}\nno newline at the end").as_bytes()
+    );
+    let stderr = &plain.stderr;
+    let wanted: &[u8] = b"err 1\nerr 2\nbad \xff\xfe byte \\ here\nbefore progress\n";
+    assert!(
+        stderr.windows(wanted.len()).any(|window| window == wanted),
+        "{}",
+        String::from_utf8_lossy(stderr)
+    );
+}
+
+/// A job that writes to stderr faster than stderr is read does not crowd the runner's
+/// own lines out of the queue they share: the stop's lines are all there, none dropped.
+#[test]
+fn json_logs_of_a_flooding_job_keep_the_runners_lines() {
+    use std::io::Read as _;
+    let sandbox = Sandbox::new();
+    let (mut reader, writer) = std::io::pipe().expect("pipe");
+    // A slow reader: 4 KiB every 2 ms.
+    let slowly = std::thread::spawn(move || {
+        let (mut read, mut chunk) = (Vec::new(), [0; 4096]);
+        loop {
+            match reader.read(&mut chunk) {
+                Ok(0) | Err(_) => return String::from_utf8_lossy(&read).into_owned(),
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    });
+    let running = Running::start_with_stderr(
+        sandbox.runner().args([
+            "--log-format",
+            "json",
+            "--grace",
+            "1s",
+            TESTJOB,
+            "flood",
+            "stderr",
+        ]),
+        Stdio::null(),
+        writer.into(),
+    );
+    wait_until("the job's checkpoint", || sandbox.checkpoint("testjob"));
+    running.signal(SIGTERM);
+    running.wait().assert_code(143);
+    let stderr = slowly.join().expect("the reader");
+    let runner: Vec<String> = objects(&stderr)
+        .iter()
+        .filter(|line| line.get("stream").is_none())
+        .map(|line| line["message"].as_str().expect("a message").to_owned())
+        .collect();
+    for wanted in ["received SIGTERM", "job stopped by force"] {
+        assert!(
+            runner.iter().any(|line| line.contains(wanted)),
+            "no `{wanted}` in {runner:#?}"
+        );
+    }
+    assert!(
+        !runner.iter().any(|line| line.contains("dropped")),
+        "{runner:#?}"
+    );
 }
 
 #[test]

@@ -197,8 +197,12 @@ pub fn wasi_context<'a>(
 ) -> anyhow::Result<WasiCtx> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.inherit_stdio();
-    // Output to the terminal the progress bar is drawn on goes around the bar.
-    if log::bar_allowed() {
+    // With JSON logs, the job's lines become objects; output to the terminal the
+    // progress bar is drawn on goes around the bar.
+    if log::json() {
+        wasi.stdout(log::JobOutput::Stdout);
+        wasi.stderr(log::JobOutput::Stderr);
+    } else if log::bar_allowed() {
         wasi.stderr(log::JobOutput::Stderr);
         if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
             wasi.stdout(log::JobOutput::Stdout);

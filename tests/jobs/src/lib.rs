@@ -294,6 +294,27 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             println!("{} bytes", bytes.len());
             Ok(Outcome::Completed)
         }
+        // Writes what JSON logs must carry whole and in order: lines on both streams in
+        // turn, a line in two writes, a long line of two-byte characters, bytes that are
+        // not UTF-8, stderr lines around a progress report, and a last line with no end.
+        "mixed-output" => {
+            let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+            for n in 1..=2 {
+                writeln!(out, "out {n}")?;
+                writeln!(err, "err {n}")?;
+            }
+            write!(out, "par")?;
+            out.flush()?;
+            writeln!(out, "tial")?;
+            writeln!(out, "a{}", "é".repeat(10_000))?;
+            err.write_all(b"bad \xff\xfe byte \\ here\n")?;
+            writeln!(err, "before progress")?;
+            ctx.progress(1, Some(2));
+            writeln!(err, "after progress")?;
+            write!(out, "no newline at the end")?;
+            out.flush()?;
+            Ok(Outcome::Completed)
+        }
         "error" => Err(anyhow!("the disk is on fire").context("cannot write the report")),
         "trap" => panic!("the job panicked on purpose"),
         "exit" => guest_sdk::exit(arg.as_deref().unwrap_or("0").parse()?),
