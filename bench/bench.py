@@ -19,6 +19,9 @@ with --only):
   compute  primes (hyperfine): the example job under the runner, the same counting code
            as a plain command under the runner and under wasmtime run with epoch
            interruption on and off, and built natively. Current build only, once.
+  output   the job's output through the runner (a million lines to stdout or stderr, text
+           or JSON logs) and its progress reports (ten million, without and with
+           --metrics-addr or ARGO_PROGRESS_FILE). Current build only, once.
   commit   checkpoint commit latency as the job sees it, against the raw protocol
            (write, fsync, rename, directory fsync) done by a native program, in the same
            directory.
@@ -63,7 +66,7 @@ NODIVL_ROW = "native, with LLVM's 32-bit division fast path off (`-C target-feat
 FIRST_ROW = "runner, first run (compiles, fills the cache)"
 CACHED_ROW = "runner, cached"
 PRECOMPILED_ROW = "runner, precompiled (`runner compile`)"
-SECTIONS = ["start", "request", "deadline", "compute", "commit", "s3", "python", "container"]
+SECTIONS = ["start", "request", "deadline", "compute", "output", "commit", "s3", "python", "container"]
 CONTAINER_USER = 65532
 KIB = 1024
 MIB = 1024 * 1024
@@ -120,25 +123,29 @@ def verdict(current, baseline, control=None):
     each repetition of the two builds (and of the control: the baseline's source built
     again, in another directory). Worse only when every repetition of the current build is
     worse than every repetition of the baseline (with three each, chance alone does that
-    one time in twenty) and the medians differ by more than the larger of the two builds'
-    own spread over the repetitions, by more than FLOOR, and by more than the control
-    differed from the baseline in any repetition; better likewise.
+    one time in twenty), and of the control, and the medians differ by more than the
+    larger of the two builds' own spread over the repetitions, by more than FLOOR, and by
+    more than twice what the control differed from the baseline in any repetition;
+    better likewise.
 
     The control is there because two builds of one source are not one program: where the
     source tree lies changes the symbols' hashes, so how the linker lays the code out,
     and a path as short as the forced stop, which faults in code it never ran before,
-    moves by 20% with it. Without it, a run against the commit itself shows such moves as
-    regressions; with it, a difference must exceed what a rebuild alone does."""
+    moves by a tenth or more with it. A run of the commit against itself showed the
+    checkout's build 8% slower than the baseline and the control 8% faster. The current
+    build has a layout of its own too, which is why the bound is twice the control's
+    distance: one control is one draw of that noise, and the current build's is another."""
     if len(current) < 2 or len(baseline) < 2:
         return "same"
+    baselines = baseline + (control or [])
     spread = max(max(current) - min(current), max(baseline) - min(baseline))
     diff = statistics.median(current) - statistics.median(baseline)
     bound = max(spread, FLOOR * statistics.median(baseline))
     if control:
-        bound = max(bound, max(abs(c - b) for c, b in zip(control, baseline)))
-    if min(current) > max(baseline) and diff > bound:
+        bound = max(bound, 2 * max(abs(c - b) for c, b in zip(control, baseline)))
+    if min(current) > max(baselines) and diff > bound:
         return "worse"
-    if max(current) < min(baseline) and -diff > bound:
+    if max(current) < min(baselines) and -diff > bound:
         return "better"
     return "same"
 
@@ -438,13 +445,20 @@ class Bench:
         if len(answers) != 1:
             sys.exit(f"bench: the primes programs disagree: {sorted(answers)}")
         self.extra["primes_answer"] = answers.pop()
-        # One hyperfine call per round, each running every command once: the commands
-        # take turns, so that the machine drifting (these are minutes of CPU) does not
-        # land on one of them. The checks above were the warm-up (and filled the caches).
+        # The checks above were the warm-up (and filled the caches).
+        self.log(f"compute: hyperfine, {self.args.compute_runs} rounds of {len(commands)} commands, LIMIT={limit}")
+        times = self.hyperfine_rounds(commands, self.args.compute_runs)
+        for name, samples in times.items():
+            self.add("compute", name, PEER, "ms", samples)
+        self.extra["compute_rounds"] = list(times.values())
+
+    def hyperfine_rounds(self, commands, rounds):
+        """Runs `commands` (name -> argv) through hyperfine, `rounds` times each, one
+        hyperfine call per round in which each runs once: the commands take turns, so that
+        the machine drifting does not land on one of them. Returns name -> milliseconds."""
         export = os.path.join(self.work, "hyperfine.json")
         times = {name: [] for name in commands}
-        self.log(f"compute: hyperfine, {self.args.compute_runs} rounds of {len(commands)} commands, LIMIT={limit}")
-        for _ in range(self.args.compute_runs):
+        for _ in range(rounds):
             hyperfine = [self.args.hyperfine, "-N", "--runs", "1", "--export-json", export]
             for name, argv in commands.items():
                 hyperfine += ["-n", name, " ".join(argv)]
@@ -452,9 +466,40 @@ class Bench:
             with open(export) as file:
                 for result in json.load(file)["results"]:
                     times[result["command"]] += [t * 1000 for t in result["times"]]
+        return times
+
+    # -- the job's output and progress
+
+    def output(self, rep):
+        if rep > 0:
+            return
+        lines, reports = str(self.args.output_lines), str(self.args.progress_reports)
+        build = self.current
+        argo = os.path.join(self.work, "argo-progress")
+
+        def job(*args, env=()):
+            return ["env", *env, *build.cached("--job-id", "bench-output", "--start-over", *args)]
+
+        commands = {}
+        for stream in ("stdout", "stderr"):
+            for logs in ("text", "json"):
+                commands[f"{lines} lines to {stream}, {logs} logs"] = job(
+                    "--log-format", logs, self.args.testjob, "lines", lines, stream
+                )
+        commands[f"{reports} progress reports"] = job(self.args.testjob, "progress", reports)
+        commands[f"{reports} progress reports, `--metrics-addr`"] = job(
+            "--metrics-addr", "127.0.0.1:0", self.args.testjob, "progress", reports
+        )
+        commands[f"{reports} progress reports, `ARGO_PROGRESS_FILE`"] = job(
+            self.args.testjob, "progress", reports, env=[f"ARGO_PROGRESS_FILE={argo}"]
+        )
+        for argv in commands.values():
+            check_run(argv, self.env, "")
+        self.log(f"output: hyperfine, {self.args.output_runs} rounds of {len(commands)} commands")
+        times = self.hyperfine_rounds(commands, self.args.output_runs)
         for name, samples in times.items():
-            self.add("compute", name, PEER, "ms", samples)
-        self.extra["compute_rounds"] = list(times.values())
+            self.add("output", name, PEER, "ms", samples)
+        self.extra["output_rounds"] = list(times.values())
 
     # -- checkpoint commit
 
@@ -864,6 +909,40 @@ class Report:
             5,
         )
 
+    def section_output(self):
+        rounds = self.bench.extra["output_rounds"]
+        names = list(self.data["output"])
+        lines, reports = self.args.output_lines, self.args.progress_reports
+
+        def paired(a, b):
+            return statistics.median(x / y for x, y in zip(rounds[a], rounds[b]))
+
+        def extra_ns(a, b, count):
+            """What a's run took more than b's, in nanoseconds per line or report."""
+            return statistics.median((x - y) * 1e6 / count for x, y in zip(rounds[a], rounds[b]))
+
+        self.lines += [
+            "## The job's output and progress",
+            "",
+            f"hyperfine, {self.args.output_runs} rounds in which each command runs once (current build, once; output",
+            "to /dev/null, so that the runner's own cost shows): `testjob lines N` writes N lines of 100 bytes",
+            "through std's stdout (a line at a time) or stderr, `testjob progress N` reports progress N times as fast",
+            "as it can. Milliseconds: median (min–max) of the rounds; the extra per line or report is the",
+            "median over the rounds of the difference to the first row of its group, within a round.",
+            "",
+            "| | time (ms) | extra per line or report |",
+            "|---|---|---|",
+        ]
+        for n, name in enumerate(names):
+            s = self.data["output"][name][PEER]["ms"][0]
+            if n < 4:
+                base, count = n - n % 2, lines
+            else:
+                base, count = 4, reports
+            extra = "" if n == base else f"{extra_ns(n, base, count):+.0f} ns ({paired(n, base):.2f}x)"
+            self.lines.append(f"| {name} | {fmt(s['median'], 0)} ({fmt(s['min'], 0)}–{fmt(s['max'], 0)}) | {extra} |")
+        self.lines.append("")
+
     def section_compute(self):
         c = self.data["compute"]
         names = list(c)
@@ -1060,16 +1139,23 @@ class Report:
             f"repetitions of the current build are worse than all {reps} of the baseline (when the builds do not "
             f"differ, chance alone does that once in {math.comb(2 * reps, reps)}) and the medians differ by more "
             f"than the larger of the two builds' own spread over the repetitions, by more than {FLOOR:.0%}"
-            + (", and by more than the control differed from the baseline in any repetition" if control else "")
+            + (
+                ", and, with a control, by more than twice what the control differed from the baseline in any "
+                "repetition, the current build's repetitions all beyond the control's as well"
+                if control
+                else ""
+            )
             + "; **better** likewise; otherwise the difference is within what this run measured as noise."
         )
         if control:
             text += (
                 " The control is the baseline's source built again in another directory and measured beside "
                 "the two: two builds of one source differ (the directory changes the symbols' hashes, so the "
-                "code's layout), and a short path such as the forced stop moves by up to a tenth with it "
-                "(a fifth in one run against the commit itself); a change must move a figure by more than a "
-                "rebuild alone does."
+                "code's layout), and a short path such as the forced stop or a start moves by a tenth or more "
+                "with it (in a run of one commit against itself, the checkout's build 8% slower than the "
+                "baseline, the control 8% faster). The current build's layout is one more such draw, hence "
+                "twice the control's distance. One control is a small sample: a figure marked worse by a "
+                "tenth or so on a millisecond path is a lead to measure again, not yet a regression."
             )
         self.lines += ["## Against the baseline", "", *textwrap.wrap(text, 100)]
         self.lines += [
@@ -1134,6 +1220,9 @@ def main():
     parser.add_argument("--deadline-trials", type=int, default=200)
     parser.add_argument("--primes-limit", type=int, default=20_000_000)
     parser.add_argument("--compute-runs", type=int, default=7)
+    parser.add_argument("--output-lines", type=int, default=1_000_000, help="lines each output run writes")
+    parser.add_argument("--progress-reports", type=int, default=10_000_000, help="reports each progress run makes")
+    parser.add_argument("--output-runs", type=int, default=7)
     parser.add_argument("--commit-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50,{64 * MIB}:8"),
                         help="SIZE:COUNT,... (bytes, commits per round)")
     parser.add_argument("--s3-sizes", type=parse_sizes, default=parse_sizes(f"{KIB}:200,{MIB}:50"),
@@ -1154,6 +1243,7 @@ def main():
             "runner", "wasmtime", "hyperfine", "primes", "count_primes_wasm", "count_primes_native",
             "count_primes_native_nodivl",
         ],
+        "output": ["runner", "hyperfine", "testjob"],
         "commit": ["runner", "benchjob", "raw_commit"],
         "s3": ["runner", "benchjob", "s3s_fs"],
         "python": ["runner", "python_hello", "startup"],
