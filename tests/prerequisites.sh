@@ -4,9 +4,10 @@
 #   installed toolchain), for the guest components;
 # - the x86_64-unknown-linux-musl target and musl-gcc (musl-tools: wasmtime compiles a C
 #   file), for the static runner the container tests put in an image;
-# - componentize-py and kubernetes-validate in .venv: the Python example is built with
-#   the first, deploy/'s manifests are checked against the Kubernetes API schema with
-#   the second;
+# - componentize-py, kubernetes-validate and prometheus-client in .venv: the Python
+#   example is built with the first, deploy/'s manifests are checked against the
+#   Kubernetes API schema with the second, the runner's metrics parsed as OpenMetrics
+#   with the third;
 # - strace, which the crash tests use to inject faults into the real runner;
 # - s3s-fs, an S3-compatible server that honours conditional writes and keeps objects as
 #   files, which the S3 store's tests start (cargo install: about 2 minutes, once);
@@ -18,11 +19,15 @@ cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 x86_64-unknown-linux-musl
 componentize_py=0.25.1
 kubernetes_validate=1.37.0
+# Prometheus's own Python client: its parser checks the runner's metrics as OpenMetrics.
+prometheus_client=0.26.0
 if ! .venv/bin/componentize-py --version 2>/dev/null | grep -qx "componentize-py $componentize_py" ||
-    ! .venv/bin/kubernetes-validate --version 2>/dev/null | grep -q "$kubernetes_validate"; then
+    ! .venv/bin/kubernetes-validate --version 2>/dev/null | grep -q "$kubernetes_validate" ||
+    [ "$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("prometheus-client"))' 2>/dev/null)" != "$prometheus_client" ]; then
     python3 -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check \
-        "componentize-py==$componentize_py" "kubernetes-validate==$kubernetes_validate"
+        "componentize-py==$componentize_py" "kubernetes-validate==$kubernetes_validate" \
+        "prometheus-client==$prometheus_client"
 fi
 s3s_fs=0.14.1
 if ! s3s-fs --version 2>/dev/null | grep -qx "s3s-fs $s3s_fs"; then

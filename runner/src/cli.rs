@@ -204,6 +204,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", env = "RUNNER_TERMINATION_LOG")]
     pub termination_log: Option<PathBuf>,
 
+    /// Serve the run's metrics for Prometheus at http://ADDR/metrics (OpenMetrics text):
+    /// progress, checkpoints committed, their bytes and commit times, stop requests by
+    /// reason, the run's state and exit code. ADDR is HOST:PORT, IP:PORT or :PORT (every
+    /// IPv4 address), for example `:9090`. Off by default.
+    #[arg(long, value_name = "ADDR", env = "RUNNER_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
+
     /// Do not use the compiled-job cache: compile the job on every run.
     #[arg(long, conflicts_with = "cache_dir")]
     pub no_cache: bool,
@@ -273,6 +280,8 @@ pub struct RunConfig {
     pub cache_dir: Option<PathBuf>,
     /// The most the cache may hold, in bytes.
     pub cache_max: u64,
+    /// Where to serve metrics, if anywhere.
+    pub metrics_addr: Option<String>,
 }
 
 impl RunArgs {
@@ -354,6 +363,7 @@ impl RunArgs {
             start_over: self.start_over,
             cache_dir,
             cache_max: self.cache_max,
+            metrics_addr: self.metrics_addr,
         })
     }
 }

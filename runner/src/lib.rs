@@ -21,6 +21,7 @@ pub mod engine;
 pub mod host;
 pub mod human;
 pub mod log;
+pub mod metrics;
 pub mod outcome;
 mod run;
 pub mod shutdown;

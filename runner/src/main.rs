@@ -50,7 +50,11 @@ fn run_main() -> ExitCode {
     runner::log::init(cli.log_format);
     // The run's status and summary exist from here, so that even a run that fails
     // before its job starts leaves a summary.
-    let status = Arc::new(RunStatus::default());
+    let status = Arc::new(RunStatus::new(
+        std::env::var_os("ARGO_PROGRESS_FILE")
+            .filter(|path| !path.is_empty())
+            .map(Into::into),
+    ));
     let report = Arc::new(Report::new(
         Arc::clone(&status),
         TerminationLog::new(cli.run.termination_log.clone()),
@@ -93,6 +97,18 @@ fn run_main() -> ExitCode {
     report.set_job_id(config.job_id.as_str());
     runner::log::set_job_id(config.job_id.as_str());
     let shutdown = Shutdown::new(config.grace);
+    if let Some(addr) = &config.metrics_addr {
+        let served = runner::metrics::serve(
+            addr,
+            config.job_id.as_str(),
+            Arc::clone(&status),
+            Arc::clone(&shutdown),
+        );
+        match served {
+            Ok(local) => tracing::info!("metrics at http://{local}/metrics"),
+            Err(error) => return fail(error),
+        }
+    }
     shutdown.on_stuck_exit({
         let report = Arc::clone(&report);
         move |reason, said| report.finish_stuck(reason, said)

@@ -43,6 +43,16 @@ pub enum StopReason {
 }
 
 impl StopReason {
+    /// Every reason, in the order of the metrics.
+    pub const ALL: [StopReason; 6] = [
+        StopReason::Terminate,
+        StopReason::Interrupt,
+        StopReason::Hangup,
+        StopReason::Quit,
+        StopReason::Timeout,
+        StopReason::Fenced,
+    ];
+
     /// The signal's name, or `--timeout`.
     pub fn cause(self) -> &'static str {
         match self {

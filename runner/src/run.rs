@@ -254,6 +254,7 @@ impl Run {
 
     /// Runs the job until it ends, or until the stop is forced.
     async fn supervise(&self, entry: &Entry, instance: &mut wasmtime::Store<JobState>) -> Outcome {
+        self.status.started_job();
         let ended = tokio::select! {
             biased;
             result = entry.call(instance) => Ok(result),

@@ -16,6 +16,7 @@
 //! already under way, and a signal after it is only noted (the next one forces).
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -68,6 +69,9 @@ pub struct Shutdown {
     engine: Mutex<Option<Engine>>,
     /// What the watchdog does with the outcome before it exits the process.
     on_stuck_exit: OnceLock<StuckExit>,
+    /// The requests made, by reason (in the order of [`StopReason::ALL`]), for the
+    /// metrics: every signal, not only the one that counted.
+    requests: [AtomicU64; StopReason::ALL.len()],
 }
 
 /// See [`Shutdown::on_stuck_exit`].
@@ -90,7 +94,17 @@ impl Shutdown {
             state: watch::Sender::new(None),
             engine: Mutex::new(None),
             on_stuck_exit: OnceLock::new(),
+            requests: Default::default(),
         })
+    }
+
+    /// How many requests to stop `reason` made.
+    pub fn requests(&self, reason: StopReason) -> u64 {
+        self.requests[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn count(&self, reason: StopReason) {
+        self.requests[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Has the watchdog, when it exits the process because a job did not stop after a
@@ -119,6 +133,7 @@ impl Shutdown {
     /// [`Shutdown::request`] for a request that arrived at `arrived`: a first request's
     /// grace period counts from then.
     pub fn request_since(self: &Arc<Self>, reason: StopReason, arrived: Instant) -> Requested {
+        self.count(reason);
         let is_signal = reason != StopReason::Timeout;
         let mut outcome = Requested::Ignored;
         // Lines are printed inside the transition, before the waiters are woken: the
@@ -236,6 +251,7 @@ impl Shutdown {
     /// Forces the stop for `reason` now, whatever came before, unless it already is;
     /// says `why` first.
     fn stop_now(&self, reason: StopReason, why: &str) {
+        self.count(reason);
         let mut forced = false;
         self.state.send_if_modified(|state| {
             if state.is_some_and(|request| request.forced.is_some()) {

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use serde::Serialize;
 
 use crate::outcome::Outcome;
@@ -41,29 +42,131 @@ pub struct RunStatus {
     saved: AtomicBool,
     /// The job's latest progress report.
     progress: Mutex<Option<(u64, Option<u64>)>>,
+    /// Where Argo Workflows reads the job's progress (`$ARGO_PROGRESS_FILE`), if it does.
+    argo: Option<ArgoProgress>,
+    /// This run's commits: how many, their states' bytes, how long each took.
+    commits: AtomicU64,
+    saved_bytes: AtomicU64,
+    commit_latency: Histogram,
+    /// Whether the job has started.
+    running: AtomicBool,
+    /// The outcome's name and the exit code, once the run is reported.
+    exit: OnceLock<(&'static str, u8)>,
+}
+
+/// What this run's commits came to, for the metrics.
+#[derive(Debug)]
+pub struct Commits {
+    pub count: u64,
+    pub bytes: u64,
+    /// Seconds each took, from the save to the record in place.
+    pub latency: Histogram,
+}
+
+/// The file Argo Workflows reads a step's progress from: `done/total`, written at most
+/// once a second (a job may report a million times a second) and at the end.
+#[derive(Debug)]
+struct ArgoProgress {
+    path: PathBuf,
+    /// When it may be written next, in nanoseconds from the run's start: a report checks
+    /// it without a lock.
+    due: AtomicU64,
+}
+
+/// How often the Argo progress file is written at most.
+const ARGO_EVERY: Duration = Duration::from_secs(1);
+
+impl ArgoProgress {
+    /// Writes `done/total` if it is due at `at` (from the run's start), or `now`. Whole,
+    /// through a rename: Argo may read it at any moment.
+    fn write(&self, done: u64, total: u64, at: Duration, now: bool) {
+        let at = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+        if !now && at < self.due.load(Ordering::Relaxed) {
+            return;
+        }
+        let next = at.saturating_add(u64::try_from(ARGO_EVERY.as_nanos()).unwrap_or(u64::MAX));
+        self.due.store(next, Ordering::Relaxed);
+        let mut temporary = self.path.clone().into_os_string();
+        temporary.push(".tmp");
+        let written = std::fs::write(&temporary, format!("{done}/{total}"))
+            .and_then(|()| std::fs::rename(&temporary, &self.path));
+        if let Err(error) = written {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "cannot write the progress file `{}` (ARGO_PROGRESS_FILE): {error}",
+                    self.path.display()
+                );
+            }
+        }
+    }
 }
 
 impl Default for RunStatus {
     fn default() -> Self {
+        RunStatus::new(None)
+    }
+}
+
+impl RunStatus {
+    /// The status of a run whose progress Argo Workflows reads from `argo_progress_file`,
+    /// if it does.
+    pub fn new(argo_progress_file: Option<PathBuf>) -> Self {
         RunStatus {
             started: Instant::now(),
             checkpoint: AtomicU64::new(0),
             saved: AtomicBool::new(false),
             progress: Mutex::new(None),
+            argo: argo_progress_file.map(|path| ArgoProgress {
+                path,
+                due: AtomicU64::new(0),
+            }),
+            commits: AtomicU64::new(0),
+            saved_bytes: AtomicU64::new(0),
+            // From half a millisecond to 16 seconds.
+            commit_latency: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            running: AtomicBool::new(false),
+            exit: OnceLock::new(),
         }
     }
-}
 
-impl RunStatus {
     /// Notes that checkpoint `sequence` is the job's latest (loaded or committed).
     pub fn checkpointed(&self, sequence: u64) {
         self.checkpoint.fetch_max(sequence, Ordering::Relaxed);
     }
 
-    /// Notes that this run committed checkpoint `sequence`.
-    pub fn committed(&self, sequence: u64) {
+    /// Notes that this run committed checkpoint `sequence`, of a state of `bytes`, in
+    /// `took`.
+    pub fn committed(&self, sequence: u64, bytes: u64, took: Duration) {
         self.saved.store(true, Ordering::Relaxed);
         self.checkpointed(sequence);
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.saved_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.commit_latency.observe(took.as_secs_f64());
+    }
+
+    /// What this run's commits came to.
+    pub fn commits(&self) -> Commits {
+        Commits {
+            count: self.commits.load(Ordering::Relaxed),
+            bytes: self.saved_bytes.load(Ordering::Relaxed),
+            latency: self.commit_latency.clone(),
+        }
+    }
+
+    /// Notes that the job has started.
+    pub fn started_job(&self) {
+        self.running.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the job has started.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// The outcome's name and the exit code, once the run is reported.
+    pub fn exit(&self) -> Option<(&'static str, u8)> {
+        self.exit.get().copied()
     }
 
     /// The latest checkpoint's sequence number, if the job has one.
@@ -71,9 +174,12 @@ impl RunStatus {
         Some(self.checkpoint.load(Ordering::Relaxed)).filter(|&sequence| sequence > 0)
     }
 
-    /// Notes the job's latest progress report.
-    pub fn progressed(&self, done: u64, total: Option<u64>) {
+    /// Notes the job's latest progress report, made at `now`.
+    pub fn progressed(&self, done: u64, total: Option<u64>, now: Instant) {
         *self.progress.lock().unwrap_or_else(PoisonError::into_inner) = Some((done, total));
+        if let (Some(argo), Some(total)) = (&self.argo, total) {
+            argo.write(done, total, now.duration_since(self.started), false);
+        }
     }
 
     /// The job's latest progress report.
@@ -306,6 +412,12 @@ impl Report {
         }
         let code = outcome.exit_code();
         let _ = self.code.set(code);
+        let _ = self.status.exit.set((outcome.name(), code));
+        // The last progress report, which the file may not have had yet.
+        if let (Some(argo), Some((done, Some(total)))) = (&self.status.argo, self.status.progress())
+        {
+            argo.write(done, total, self.status.started.elapsed(), true);
+        }
         crate::log::finish_progress();
         if let Some(preface) = preface {
             tracing::warn!("{preface}");
@@ -350,6 +462,29 @@ pub const STUCK_REPORT_WAIT: Duration = Duration::from_secs(1);
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_argo_progress_file_is_written_at_most_once_a_second_and_at_the_end() {
+        let dir = tempfile::tempdir().expect("a directory");
+        let path = dir.path().join("progress");
+        let argo = ArgoProgress {
+            path: path.clone(),
+            due: AtomicU64::new(0),
+        };
+        let read = || std::fs::read_to_string(&path).expect("the file");
+        let ms = Duration::from_millis;
+        argo.write(1, 10, ms(0), false);
+        assert_eq!(read(), "1/10");
+        argo.write(2, 10, ms(999), false);
+        assert_eq!(read(), "1/10");
+        argo.write(3, 10, ms(1000), false);
+        assert_eq!(read(), "3/10");
+        // The last report, whenever it comes.
+        argo.write(4, 10, ms(1001), true);
+        assert_eq!(read(), "4/10");
+        // Whole, through a file of its own: nothing else is left in the directory.
+        assert_eq!(std::fs::read_dir(dir.path()).expect("list").count(), 1);
+    }
+
     fn parse(json: &str) -> serde_json::Value {
         serde_json::from_str(json).expect("valid JSON")
     }
@@ -359,7 +494,7 @@ mod tests {
         let status = RunStatus::default();
         status.checkpointed(3);
         status.checkpointed(2);
-        status.progressed(40, Some(100));
+        status.progressed(40, Some(100), Instant::now());
         let json = to_json(
             &Outcome::Suspended,
             Some(StopReason::Terminate),

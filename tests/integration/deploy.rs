@@ -4,33 +4,19 @@
 //! pod failure policy maps the runner's real exit codes.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use runner::Outcome;
 use runner::outcome::StopReason;
 use serde_json::Value;
 
-use crate::util::Sandbox;
+use crate::util::{Sandbox, venv, workspace};
 
 const MANIFESTS: [&str; 3] = ["job.yaml", "indexed-job.yaml", "indexed-job-s3.yaml"];
 
 /// The oldest Kubernetes the manifests claim to need, and the newest schema we have.
 const VERSIONS: [&str; 2] = ["1.31.0", "1.37.0"];
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn venv(tool: &str) -> PathBuf {
-    let path = workspace().join(".venv/bin").join(tool);
-    assert!(
-        path.exists(),
-        "{} is missing: run `sh tests/prerequisites.sh`",
-        path.display()
-    );
-    path
-}
 
 /// Whether kubernetes-validate accepts `manifest` (strict: no unknown fields) for
 /// `version`, and what it said.
@@ -187,6 +173,28 @@ fn the_jobs_fit_the_runner_s_grace_period_and_exit_codes() {
             }
         }
         let env = container["env"].as_array().expect("env");
+        // The runner serves its metrics on the port the scrape annotations name.
+        let annotations = &spec["template"]["metadata"]["annotations"];
+        assert_eq!(annotations["prometheus.io/scrape"], "true", "{manifest}");
+        assert_eq!(annotations["prometheus.io/path"], "/metrics", "{manifest}");
+        let port: u64 = annotations["prometheus.io/port"]
+            .as_str()
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("{manifest}: no port in {annotations}"));
+        let metrics_addr = env
+            .iter()
+            .find(|var| var["name"] == "RUNNER_METRICS_ADDR")
+            .and_then(|var| var["value"].as_str())
+            .unwrap_or_else(|| panic!("{manifest}: no RUNNER_METRICS_ADDR"));
+        assert_eq!(metrics_addr, format!(":{port}"), "{manifest}");
+        assert!(
+            container["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .any(|each| each["name"] == "metrics" && each["containerPort"] == port),
+            "{manifest}: no container port {port} named metrics"
+        );
         let state_dir = env
             .iter()
             .find(|var| var["name"] == "RUNNER_STATE_DIR")

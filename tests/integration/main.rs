@@ -12,6 +12,7 @@ mod deploy;
 mod durable;
 mod invalid;
 mod logs;
+mod metrics;
 mod outcomes;
 mod ownership;
 mod pid1;

@@ -151,6 +151,8 @@ pub fn bare_runner() -> Command {
         .env_remove("RUNNER_STATE_DIR")
         .env_remove("RUNNER_CACHE_DIR")
         .env_remove("RUNNER_LOG_FORMAT")
+        .env_remove("RUNNER_METRICS_ADDR")
+        .env_remove("ARGO_PROGRESS_FILE")
         .env_remove("JOB_COMPLETION_INDEX")
         .env_remove("RUNNER_LEASE")
         .env_remove("RUNNER_LOCK_TIMEOUT")
@@ -466,4 +468,20 @@ pub fn primes_below(limit: usize) -> usize {
         }
     }
     count
+}
+
+/// The workspace's root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tool tests/prerequisites.sh installs in the workspace's .venv.
+pub fn venv(tool: &str) -> PathBuf {
+    let path = workspace().join(".venv/bin").join(tool);
+    assert!(
+        path.exists(),
+        "{} is missing: run `sh tests/prerequisites.sh`",
+        path.display()
+    );
+    path
 }

@@ -12,7 +12,7 @@
 //! as it did during each.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::bindings::runner::job::checkpoint::Error;
 use crate::checkpoint::format::Digest;
@@ -205,8 +205,8 @@ impl Checkpoints {
             }
         }
         let status = Arc::clone(&self.status);
-        let sequence = record.sequence;
-        let landed = Box::new(move || status.committed(sequence));
+        let (sequence, bytes, began) = (record.sequence, state.len() as u64, Instant::now());
+        let landed = Box::new(move || status.committed(sequence, bytes, began.elapsed()));
         self.store.commit(record, state, landed)
     }
 }

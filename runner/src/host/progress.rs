@@ -51,11 +51,11 @@ impl Progress {
 
 impl Host for Progress {
     fn report(&mut self, done: u64, total: Option<u64>) -> wasmtime::Result<()> {
-        self.status.progressed(done, total);
+        let now = Instant::now();
+        self.status.progressed(done, total, now);
         if crate::log::show_progress(done, total) {
             return Ok(());
         }
-        let now = Instant::now();
         self.unshown = true;
         if self
             .last_shown
@@ -80,7 +80,7 @@ mod tests {
         let status = Arc::new(RunStatus::default());
         let progress = Progress::new(Arc::clone(&status));
         let shown = |done, total| {
-            status.progressed(done, total);
+            status.progressed(done, total, Instant::now());
             progress.latest().expect("a report")
         };
         assert_eq!(shown(1200, Some(5000)), "1200/5000 (24.0%)");

@@ -294,6 +294,43 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             println!("{} bytes", bytes.len());
             Ok(Outcome::Completed)
         }
+        // Reports progress 3 of 10 and commits two checkpoints, then waits for the request;
+        // on it, says so and stays two seconds (to be seen stopping), then suspends.
+        "metrics" => {
+            ctx.progress(3, 10);
+            for note in ["first", "second"] {
+                ctx.state().note = note.into();
+                ctx.checkpoint()?;
+            }
+            ready();
+            guest_sdk::wait_for_shutdown();
+            report_stop("pollable");
+            std::thread::sleep(Duration::from_secs(2));
+            ctx.suspend()
+        }
+        // Writes ARG lines of 100 bytes to stdout (to stderr with ARG2 `stderr`), through
+        // std's own buffering, and completes.
+        "lines" => {
+            let times: u64 = arg.as_deref().unwrap_or("100000").parse()?;
+            let line = format!("{}\n", "x".repeat(99));
+            let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+            let to: &mut dyn Write = match arg2.as_deref() {
+                Some("stderr") => &mut err,
+                _ => &mut out,
+            };
+            for _ in 0..times {
+                to.write_all(line.as_bytes())?;
+            }
+            Ok(Outcome::Completed)
+        }
+        // Reports progress ARG times, as fast as it can, and completes.
+        "progress" => {
+            let times: u64 = arg.as_deref().unwrap_or("1000000").parse()?;
+            for done in 0..=times {
+                ctx.progress(done, times);
+            }
+            Ok(Outcome::Completed)
+        }
         // Writes what JSON logs must carry whole and in order: lines on both streams in
         // turn, a line in two writes, a long line of two-byte characters, bytes that are
         // not UTF-8, stderr lines around a progress report, and a last line with no end.
