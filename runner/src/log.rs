@@ -401,7 +401,7 @@ impl JobOutput {
         pending.extend_from_slice(bytes);
         let mut taken = 0;
         while let Some((line, used, whole)) = next_line(&pending[taken..]) {
-            self.emit(line, whole, Whose::Job)?;
+            self.emit(line, whole, true)?;
             taken += used;
         }
         pending.drain(..taken);
@@ -412,7 +412,9 @@ impl JobOutput {
     /// `stream`, `message`; `partial` if the line goes on in the next object; `escaped` if
     /// it was not UTF-8, and then in `message` `\\` stands for a backslash and `\xNN` for
     /// each byte that is not part of a UTF-8 character.
-    fn emit(self, line: &[u8], whole: bool, whose: Whose) -> io::Result<()> {
+    /// On stderr, waits for room in the queue if `wait`, else (at the end) drops the line
+    /// when there is none.
+    fn emit(self, line: &[u8], whole: bool, wait: bool) -> io::Result<()> {
         let mut object = json_head(None);
         field(&mut object, "stream", self.name());
         match std::str::from_utf8(line) {
@@ -429,7 +431,7 @@ impl JobOutput {
         match self {
             JobOutput::Stdout => io::stdout().lock().write_all(object.as_bytes()),
             JobOutput::Stderr => {
-                lines().send(whose, object.into_bytes());
+                lines().send(Whose::Job, object.into_bytes(), wait);
                 Ok(())
             }
         }
@@ -445,7 +447,7 @@ impl JobOutput {
         };
         let last = std::mem::take(&mut *pending);
         if !last.is_empty() {
-            let _ = self.emit(&last, true, Whose::JobAtEnd);
+            let _ = self.emit(&last, true, false);
         }
     }
 
@@ -607,7 +609,7 @@ struct Line;
 
 impl io::Write for Line {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        lines().send(Whose::Runner, line.to_vec());
+        lines().send(Whose::Runner, line.to_vec(), false);
         Ok(line.len())
     }
 
@@ -623,15 +625,11 @@ const QUEUE_LINES: usize = 1024;
 /// more waits, as it would on a full pipe, and leaves the runner's lines their room.
 const QUEUE_JOB_LINES: usize = 256;
 
-/// Whose a queued line is.
+/// Whose a queued line is, and so whose room in the queue it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Whose {
-    /// The runner's: dropped when its room in the queue is full.
     Runner,
-    /// The job's, waiting for room.
     Job,
-    /// The job's, dropped when there is no room: its last partial line, at the end.
-    JobAtEnd,
 }
 
 /// The lines waiting for stderr, and the counts [`drain`] and the senders wait on.
@@ -700,13 +698,15 @@ impl Lines {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn send(&self, from: Whose, line: Vec<u8>) {
+    /// Queues `line` in `from`'s room; when that is full, waits for room if `wait` (the
+    /// job's lines while it runs), else drops the line and counts it.
+    fn send(&self, from: Whose, line: Vec<u8>, wait: bool) {
         let mut queue = self.queue();
         let full = |queue: &Queue| match from {
             Whose::Runner => queue.runner >= QUEUE_LINES,
-            Whose::Job | Whose::JobAtEnd => queue.job >= QUEUE_JOB_LINES,
+            Whose::Job => queue.job >= QUEUE_JOB_LINES,
         };
-        if from == Whose::Job {
+        if wait {
             queue.waiting += 1;
             queue = self
                 .written
@@ -719,7 +719,7 @@ impl Lines {
         }
         match from {
             Whose::Runner => queue.runner += 1,
-            Whose::Job | Whose::JobAtEnd => queue.job += 1,
+            Whose::Job => queue.job += 1,
         }
         queue.sent += 1;
         queue.lines.push_back((from, line));
@@ -740,7 +740,7 @@ impl Lines {
         queue
             .lines
             .pop_front()
-            .unwrap_or((Whose::Runner, Vec::new()))
+            .expect("the wait ends with a line queued")
     }
 
     /// Writes one line (after the count of lines dropped before it, if any), on the
@@ -769,7 +769,7 @@ impl Lines {
         let mut queue = self.queue();
         match from {
             Whose::Runner => queue.runner -= 1,
-            Whose::Job | Whose::JobAtEnd => queue.job -= 1,
+            Whose::Job => queue.job -= 1,
         }
         queue.written += 1;
         if queue.waiting > 0 {
@@ -780,7 +780,7 @@ impl Lines {
 
 /// Writes `text` (a usage error, as clap renders it) to stderr through the same queue.
 pub fn write_raw(text: &str) {
-    lines().send(Whose::Runner, text.as_bytes().to_vec());
+    lines().send(Whose::Runner, text.as_bytes().to_vec(), false);
 }
 
 /// How long the runner waits for its last lines to reach stderr before it exits.
