@@ -29,6 +29,11 @@ with --only):
            S3-compatible server, on loopback), against the local store, alternated.
   python   a Python job's start: first run, cached, precompiled; and a Python command's
            cached start under the runner and under `wasmtime run`.
+  core     core modules (wasm32-wasip1), the same .wasm under the runner and under
+           `wasmtime run`: a hello world's cached and precompiled start (spawn -> first
+           output, exit, peak RSS), interleaved; and (first repetition only, current build
+           only) the primes count as a plain wasip1 program, hyperfine, beside the C
+           example job.
   container the image deploy/build-image builds (static release runner, primes), run by
            runc with a bind-mounted state directory: `runc kill ID TERM` -> `runc run`
            has exited (75, the job suspended), once the job has saved a checkpoint; and
@@ -66,7 +71,11 @@ NODIVL_ROW = "native, with LLVM's 32-bit division fast path off (`-C target-feat
 FIRST_ROW = "runner, first run (compiles, fills the cache)"
 CACHED_ROW = "runner, cached"
 PRECOMPILED_ROW = "runner, precompiled (`runner compile`)"
-SECTIONS = ["start", "request", "deadline", "compute", "output", "commit", "s3", "python", "container"]
+WASMTIME_CACHED_ROW = "wasmtime run, cached"
+WASMTIME_PRECOMPILED_ROW = "wasmtime run, precompiled (`wasmtime compile`)"
+CORE_WASMTIME_ROW = "wasmtime run count-primes.wasm, epoch interruption on (`-W timeout=1h`)"
+CORE_RUNNER_ROW = "runner count-primes.wasm (a plain wasip1 program)"
+SECTIONS = ["start", "request", "deadline", "compute", "output", "commit", "s3", "python", "core", "container"]
 CONTAINER_USER = 65532
 KIB = 1024
 MIB = 1024 * 1024
@@ -351,8 +360,8 @@ class Bench:
                     "--cache-dir", b.cache, hello, state=s
                 )
         compiling[("wasmtime run, no cache (`-C cache=n`)", PEER)] = lambda trial: self.wasmtime(hello, cache=False)
-        loading[("wasmtime run, cached", PEER)] = lambda trial: self.wasmtime(hello)
-        loading[("wasmtime run, precompiled (`wasmtime compile`)", PEER)] = lambda trial: self.wasmtime(
+        loading[(WASMTIME_CACHED_ROW, PEER)] = lambda trial: self.wasmtime(hello)
+        loading[(WASMTIME_PRECOMPILED_ROW, PEER)] = lambda trial: self.wasmtime(
             "--allow-precompiled", wasmtime_cwasm, cache=False
         )
         # Two blocks, so that a compiling run does not heat the machine just before a
@@ -364,6 +373,47 @@ class Bench:
             shutil.rmtree(shm, ignore_errors=True)
         for build in self.builds:
             shutil.rmtree(os.path.join(build.work, f"cache-first-{rep}"), ignore_errors=True)
+
+    # -- core modules
+
+    def core(self, rep):
+        hello, expect = self.args.core_hello, "hello"
+        build = self.current
+        runner_cwasm = os.path.join(build.work, "core-hello.cwasm")
+        wasmtime_cwasm = os.path.join(self.work, "core-hello-wasmtime.cwasm")
+        if self.once("core"):
+            run_quiet([build.runner, "compile", hello, "-o", runner_cwasm], self.env)
+            check_run(build.cached(hello), self.env, expect)
+            run_quiet([self.args.wasmtime, "compile", hello, "-o", wasmtime_cwasm], self.env)
+            check_run(self.wasmtime(hello), self.env, expect)
+        variants = {
+            (CACHED_ROW, build.name): lambda trial: build.cached(hello),
+            (PRECOMPILED_ROW, build.name): lambda trial: build.run("--no-cache", runner_cwasm),
+            (WASMTIME_CACHED_ROW, PEER): lambda trial: self.wasmtime(hello),
+            (WASMTIME_PRECOMPILED_ROW, PEER): lambda trial: self.wasmtime(
+                "--allow-precompiled", wasmtime_cwasm, cache=False
+            ),
+        }
+        trials = self.args.start_trials
+        self.log(f"core #{rep + 1}: start, {len(variants)} variants x {trials} trials, interleaved")
+        self.interleaved("core", variants, trials, expect)
+        if rep > 0:
+            return
+        limit = str(self.args.primes_limit)
+        expect = f"primes below {limit}:"
+        commands = {
+            CORE_WASMTIME_ROW: self.wasmtime("-W", "timeout=3600s", self.args.core_count_primes, limit),
+            CORE_RUNNER_ROW: build.cached(self.args.core_count_primes, limit),
+            "runner c-primes.wasm (the C example job over runner_job_v1: a checkpoint a second)": build.cached(
+                "--job-id", "bench-c-primes", "--start-over", self.args.c_primes, limit
+            ),
+        }
+        self.same_answer(commands, expect)
+        self.log(f"core: hyperfine, {self.args.compute_runs} rounds of {len(commands)} commands, LIMIT={limit}")
+        times = self.hyperfine_rounds(commands, self.args.compute_runs)
+        for name, samples in times.items():
+            self.add("core-compute", name, PEER, "ms", samples)
+        self.extra["core_compute_rounds"] = list(times.values())
 
     # -- stop request and forced stop
 
@@ -438,19 +488,25 @@ class Bench:
                 "--job-id", "bench-primes", "--start-over", self.args.primes, limit
             ),
         }
-        answers = set()
-        for argv in commands.values():
-            output = check_run(argv, self.env, expect)
-            answers.add(next(line for line in output.splitlines() if line.startswith(expect)))
-        if len(answers) != 1:
-            sys.exit(f"bench: the primes programs disagree: {sorted(answers)}")
-        self.extra["primes_answer"] = answers.pop()
+        self.extra["primes_answer"] = self.same_answer(commands, expect)
         # The checks above were the warm-up (and filled the caches).
         self.log(f"compute: hyperfine, {self.args.compute_runs} rounds of {len(commands)} commands, LIMIT={limit}")
         times = self.hyperfine_rounds(commands, self.args.compute_runs)
         for name, samples in times.items():
             self.add("compute", name, PEER, "ms", samples)
         self.extra["compute_rounds"] = list(times.values())
+
+    def same_answer(self, commands, expect):
+        """Runs each of `commands` (name -> argv) once (a warm-up, which also fills the
+        compiled-code caches) and returns the line starting with `expect` they all print;
+        exits if they disagree."""
+        answers = set()
+        for argv in commands.values():
+            output = check_run(argv, self.env, expect)
+            answers.add(next(line for line in output.splitlines() if line.startswith(expect)))
+        if len(answers) != 1:
+            sys.exit(f"bench: the primes programs disagree: {sorted(answers)}")
+        return answers.pop()
 
     def hyperfine_rounds(self, commands, rounds):
         """Runs `commands` (name -> argv) through hyperfine, `rounds` times each, one
@@ -618,7 +674,7 @@ class Bench:
         self.interleaved("python", rest, self.args.python_trials, expect)
         if command:
             commands = {("runner, cached", build.name): lambda trial, b=build: b.cached(command) for build in self.builds}
-            commands[("wasmtime run, cached", PEER)] = lambda trial: self.wasmtime(command)
+            commands[(WASMTIME_CACHED_ROW, PEER)] = lambda trial: self.wasmtime(command)
             self.interleaved("python-command", commands, self.args.python_trials, command_expect)
             self.extra["python_command_size"] = os.path.getsize(command)
         self.extra["python_size"] = os.path.getsize(job)
@@ -876,7 +932,7 @@ class Report:
         ]
         self.start_table("start", "Start")
         if TMPFS_ROW in s:
-            shm = self.paired("start", TMPFS_ROW, "current", "wasmtime run, cached", PEER, "first", "median")
+            shm = self.paired("start", TMPFS_ROW, "current", WASMTIME_CACHED_ROW, PEER, "first", "median")
             self.lines += [
                 "The tmpfs row shows what the state directory's fsyncs cost at start: with them free, cached start is",
                 f"{shm:.2f}x `wasmtime run`'s. The runner takes the job's lock and writes a fencing number (a file",
@@ -884,13 +940,13 @@ class Report:
                 "`--output` it does so while the job starts.",
                 "",
             ]
-        start_cached = self.paired("start", CACHED_ROW, "current", "wasmtime run, cached", PEER, "first", "median")
+        start_cached = self.paired("start", CACHED_ROW, "current", WASMTIME_CACHED_ROW, PEER, "first", "median")
         start_pre = self.paired(
-            "start", PRECOMPILED_ROW, "current", "wasmtime run, precompiled (`wasmtime compile`)", PEER, "first", "median"
+            "start", PRECOMPILED_ROW, "current", WASMTIME_PRECOMPILED_ROW, PEER, "first", "median"
         )
-        rss_cached = self.paired("start", CACHED_ROW, "current", "wasmtime run, cached", PEER, "rss", "median")
+        rss_cached = self.paired("start", CACHED_ROW, "current", WASMTIME_CACHED_ROW, PEER, "rss", "median")
         rss_pre = self.paired(
-            "start", PRECOMPILED_ROW, "current", "wasmtime run, precompiled (`wasmtime compile`)", PEER, "rss", "median"
+            "start", PRECOMPILED_ROW, "current", WASMTIME_PRECOMPILED_ROW, PEER, "rss", "median"
         )
         self.lines += [
             "Ratios, runner / wasmtime run (the median over the repetitions of the ratio of medians within one):",
@@ -1119,12 +1175,65 @@ class Report:
                 "",
             ]
             self.start_table("python-command", "A Python command's start")
-            vs = self.paired("python-command", "runner, cached", "current", "wasmtime run, cached", PEER, "first", "median")
-            vs_rss = self.paired("python-command", "runner, cached", "current", "wasmtime run, cached", PEER, "rss", "median")
+            vs = self.paired("python-command", "runner, cached", "current", WASMTIME_CACHED_ROW, PEER, "first", "median")
+            vs_rss = self.paired("python-command", "runner, cached", "current", WASMTIME_CACHED_ROW, PEER, "rss", "median")
             self.lines += [
                 f"Runner / wasmtime run, cached: first output {vs:.2f}x, peak RSS {vs_rss:.2f}x.",
                 "",
             ]
+
+    def section_core(self):
+        trials = self.data["core"][CACHED_ROW]["current"]["first"][0]["n"]
+        self.lines += [
+            "## Core modules (wasm32-wasip1)",
+            "",
+            "The same `.wasm` under the runner (natively, through wasmtime's WASI preview 1) and under",
+            "`wasmtime run`. Start: `tests/core-jobs/src/command.rs` built for wasm32-wasip1, with no arguments (it",
+            f"prints one line), {trials} trials of each in each repetition, interleaved, as in the start section;",
+            "current build only (the baseline may not run core modules). Cells are medians of the trials.",
+            "",
+        ]
+        self.start_table("core", "Core modules")
+        start_cached = self.paired("core", CACHED_ROW, "current", WASMTIME_CACHED_ROW, PEER, "first", "median")
+        start_pre = self.paired("core", PRECOMPILED_ROW, "current", WASMTIME_PRECOMPILED_ROW, PEER, "first", "median")
+        rss_cached = self.paired("core", CACHED_ROW, "current", WASMTIME_CACHED_ROW, PEER, "rss", "median")
+        rss_pre = self.paired("core", PRECOMPILED_ROW, "current", WASMTIME_PRECOMPILED_ROW, PEER, "rss", "median")
+        self.lines += [
+            "Ratios, runner / wasmtime run (the median over the repetitions of the ratio of medians within one):",
+            f"first output cached {start_cached:.2f}x, precompiled {start_pre:.2f}x; peak RSS cached {rss_cached:.2f}x,",
+            f"precompiled {rss_pre:.2f}x.",
+            "",
+        ]
+        if "core-compute" not in self.data:
+            return
+        c = self.data["core-compute"]
+        rounds = self.bench.extra["core_compute_rounds"]
+        self.lines += [
+            f"Compute: primes below {self.args.primes_limit:,}, hyperfine, {self.args.compute_runs} rounds in which each",
+            "command runs once, after a warm-up run. `count-primes` is `bench/jobs/src/bin/count-primes.rs` (the",
+            "compute section's program) built for wasm32-wasip1; `c-primes` is `examples/c-primes` (clang -O2).",
+            "Milliseconds: median (p25–p75; min–max) of the rounds.",
+            "",
+            "| | time (ms) | / wasmtime run |",
+            "|---|---|---|",
+        ]
+        names = list(c)
+        peer = self.median("core-compute", CORE_WASMTIME_ROW, PEER, "ms", "median")
+        for name in names:
+            s = c[name][PEER]["ms"][0]
+            self.lines.append(
+                f"| {name} | {fmt(s['median'], 0)} ({fmt(s['p25'], 0)}–{fmt(s['p75'], 0)}; {fmt(s['min'], 0)}–"
+                f"{fmt(s['max'], 0)}) | {ratio(s['median'], peer):.3f}x |"
+            )
+        compute = statistics.median(
+            x / y for x, y in zip(rounds[names.index(CORE_RUNNER_ROW)], rounds[names.index(CORE_WASMTIME_ROW)])
+        )
+        self.lines += [
+            "",
+            f"The runner runs the same wasip1 program at {compute:.3f}x `wasmtime run` with epoch interruption on (the",
+            "median over the rounds of the ratio within a round).",
+            "",
+        ]
 
     def section_container(self):
         sizes = self.bench.extra["container_sizes"]["current"]
@@ -1229,7 +1338,7 @@ def main():
                  "count-primes-native", "count-primes-native-nodivl", "benchjob", "raw-commit", "python-hello",
                  "python-command", "startup", "static-runner", "image-layout", "s3s-fs", "baseline-runner",
                  "baseline-static-runner", "baseline-image-layout", "control-runner", "control-static-runner",
-                 "control-image-layout"]:
+                 "control-image-layout", "core-hello", "core-count-primes", "c-primes"]:
         parser.add_argument(f"--{name}", help=f"path of {name}")
     parser.add_argument("--current-rev", help="what the runner was built from, for the report")
     parser.add_argument("--baseline-rev", help="what the baseline runner was built from, for the report")
@@ -1271,6 +1380,7 @@ def main():
         "commit": ["runner", "benchjob", "raw_commit"],
         "s3": ["runner", "benchjob", "s3s_fs"],
         "python": ["runner", "python_hello", "startup"],
+        "core": ["runner", "wasmtime", "hyperfine", "startup", "core_hello", "core_count_primes", "c_primes"],
         "container": ["image_layout", "static_runner"],
     }
     if args.python_command:

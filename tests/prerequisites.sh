@@ -1,7 +1,10 @@
 #!/bin/sh
 # What the test suite needs besides cargo:
 # - the wasm32-wasip2 target (rustup does not add rust-toolchain.toml's targets to an
-#   installed toolchain), for the guest components;
+#   installed toolchain), for the guest components, and wasm32-wasip1, for the Rust core
+#   modules;
+# - clang, lld, wasi-libc and wasm32's compiler-rt builtins (Debian's packages), for the
+#   C job and the C core modules;
 # - the x86_64-unknown-linux-musl target and musl-gcc (musl-tools: wasmtime compiles a C
 #   file), for the static runner the container tests put in an image;
 # - componentize-py, kubernetes-validate and prometheus-client in .venv: the Python
@@ -16,7 +19,7 @@
 # the containers and the tests on a full or read-only file system.
 set -eu
 cd "$(dirname "$0")/.."
-rustup target add wasm32-wasip2 x86_64-unknown-linux-musl
+rustup target add wasm32-wasip2 wasm32-wasip1 x86_64-unknown-linux-musl
 componentize_py=0.25.1
 kubernetes_validate=1.37.0
 # Prometheus's own Python client: its parser checks the runner's metrics as OpenMetrics.
@@ -39,6 +42,11 @@ missing=""
 for tool in strace:strace musl-gcc:musl-tools runc:runc umoci:umoci buildah:buildah; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool#*:}"
 done
+# A C program built for wasm32-wasi needs all four (printf's long double: compiler-rt).
+if ! printf '#include <stdio.h>\nint main(void) { printf("%%Lf", (long double)1); }\n' |
+    clang --target=wasm32-wasi -x c -o /dev/null - >/dev/null 2>&1; then
+    missing="$missing clang lld wasi-libc libclang-rt-14-dev-wasm32"
+fi
 if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
         apt-get update -qq && apt-get install -y -qq $missing

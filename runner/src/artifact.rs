@@ -1,11 +1,12 @@
-//! Compiled jobs: the cache of compiled components, and the `.cwasm` files of
-//! `runner compile`. Both hold the same record:
+//! Compiled jobs: the cache of compiled components and core modules, and the `.cwasm`
+//! files of `runner compile`. Both hold the same record:
 //!
 //! ```text
 //! artifact | SHA-256 of the job's .wasm (32 bytes) | SHA-256 of the artifact (32) | MAGIC (16)
 //! ```
 //!
-//! where the artifact is wasmtime's serialized component, an ELF file that wasmtime maps
+//! where the artifact is wasmtime's serialized component or module (its ELF header says
+//! which), an ELF file that wasmtime maps
 //! from the record's file as it stands (the trailer after it is no part of the ELF), so
 //! that loading a compiled job copies nothing. The first digest keeps a compiled job's
 //! checkpoints those of its `.wasm`; the second catches a damaged file before wasmtime
@@ -35,8 +36,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest as _, Sha256};
-use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::{Engine, Module, Precompiled};
 
 use crate::checkpoint::format::Digest;
 
@@ -70,11 +71,31 @@ pub fn is_compiled(bytes: &[u8]) -> bool {
     bytes.starts_with(ELF) || bytes.starts_with(&MAGIC[..MAGIC.len() - 1])
 }
 
-/// The record of `component`, compiled from a `.wasm` whose SHA-256 is `module`.
-pub fn encode(module: &Digest, component: &Component) -> Result<Vec<u8>> {
-    let mut record = component
-        .serialize()
-        .map_err(|error| anyhow!("cannot serialize the compiled job: {error:#}"))?;
+/// A compiled job: a component, or a core module (a wasm32-wasip1 program).
+#[derive(Clone)]
+pub enum Compiled {
+    /// A component: a job of the runner:job/job world, or a WASI 0.2 command.
+    Component(Component),
+    /// A core module: a WASI preview 1 program, a job if it imports `runner_job_v1`.
+    Module(Module),
+}
+
+impl std::fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compiled::Component(_) => "Component",
+            Compiled::Module(_) => "Module",
+        })
+    }
+}
+
+/// The record of `compiled`, compiled from a `.wasm` whose SHA-256 is `module`.
+pub fn encode(module: &Digest, compiled: &Compiled) -> Result<Vec<u8>> {
+    let mut record = match compiled {
+        Compiled::Component(component) => component.serialize(),
+        Compiled::Module(module) => module.serialize(),
+    }
+    .map_err(|error| anyhow!("cannot serialize the compiled job: {error:#}"))?;
     let artifact = Sha256::digest(&record);
     record.reserve_exact(TRAILER);
     record.extend_from_slice(module);
@@ -83,14 +104,14 @@ pub fn encode(module: &Digest, component: &Component) -> Result<Vec<u8>> {
     Ok(record)
 }
 
-/// Loads the record made by [`encode`] in `file`, at `path`: the component, and the
+/// Loads the record made by [`encode`] in `file`, at `path`: the compiled job, and the
 /// digest of its `.wasm`. `Err` says what is wrong: damaged, another record version,
 /// or compiled by a runner whose wasmtime or engine settings differ.
 #[expect(
     unsafe_code,
     reason = "loading compiled code is unsafe in wasmtime; the one place the runner does it"
 )]
-pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Component, Digest)> {
+pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Compiled, Digest)> {
     let len = file.metadata().context("cannot read it")?.len();
     let mut head = [0; 16];
     let head_len = head.len().min(usize::try_from(len).unwrap_or(usize::MAX));
@@ -140,6 +161,11 @@ pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Component, Dig
         bail!("it is damaged (its checksum does not match)");
     }
     let module: Digest = digests[..32].try_into().expect("32 bytes");
+    // The ELF header says whether it holds a component or a core module.
+    let kind = Engine::detect_precompiled_file(path)
+        .ok()
+        .flatten()
+        .context("it is not a compiled job of wasmtime (its ELF header says otherwise)")?;
     // SAFETY: wasmtime maps the artifact as executable code, from the file at `path`, or
     // from a copy of it read from `file`. It is whole (the checksum above) and was
     // written by `encode`, from wasmtime's own serialization, by this or another runner;
@@ -147,8 +173,8 @@ pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Component, Dig
     // replaced by a rename, never written in place, so the file at `path` is the one
     // checked, or another whole record of the same job. A compiled job is trusted as the
     // runner binary is: build it with `runner compile`.
-    let component = match unsafe { Component::deserialize_file(engine, path) } {
-        Ok(component) => component,
+    let compiled = match unsafe { deserialize_file(engine, kind, path) } {
+        Ok(compiled) => compiled,
         // A file system mounted `noexec` (Docker's `--tmpfs` is) refuses to map code
         // from its files: load a copy instead. A record wasmtime refuses, it refuses
         // again here, saying why.
@@ -156,11 +182,50 @@ pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Component, Dig
             let mut artifact = vec![0; usize::try_from(artifact_len)?];
             file.read_exact_at(&mut artifact, 0)
                 .context("cannot read it")?;
-            unsafe { Component::deserialize(engine, &artifact) }
-                .map_err(|error| anyhow!("{error:#}"))?
+            unsafe { deserialize(engine, kind, &artifact) }.map_err(|error| anyhow!("{error:#}"))?
         }
     };
-    Ok((component, module))
+    Ok((compiled, module))
+}
+
+/// wasmtime's `deserialize_file` of the component or module at `path`.
+///
+/// # Safety
+///
+/// As wasmtime's: the file holds an artifact wasmtime serialized (see [`load`]).
+#[expect(unsafe_code, reason = "see load")]
+unsafe fn deserialize_file(
+    engine: &Engine,
+    kind: Precompiled,
+    path: &Path,
+) -> wasmtime::Result<Compiled> {
+    // SAFETY: the caller's.
+    Ok(match kind {
+        Precompiled::Component => {
+            Compiled::Component(unsafe { Component::deserialize_file(engine, path) }?)
+        }
+        Precompiled::Module => Compiled::Module(unsafe { Module::deserialize_file(engine, path) }?),
+    })
+}
+
+/// wasmtime's `deserialize` of the component or module in `bytes`.
+///
+/// # Safety
+///
+/// As wasmtime's: `bytes` hold an artifact wasmtime serialized (see [`load`]).
+#[expect(unsafe_code, reason = "see load")]
+unsafe fn deserialize(
+    engine: &Engine,
+    kind: Precompiled,
+    bytes: &[u8],
+) -> wasmtime::Result<Compiled> {
+    // SAFETY: the caller's.
+    Ok(match kind {
+        Precompiled::Component => {
+            Compiled::Component(unsafe { Component::deserialize(engine, bytes) }?)
+        }
+        Precompiled::Module => Compiled::Module(unsafe { Module::deserialize(engine, bytes) }?),
+    })
 }
 
 /// What identifies a job file's contents without reading them all: its device and
@@ -266,13 +331,13 @@ impl Cache {
 
     /// The compiled job for `module`, if the cache holds a usable one. A damaged or
     /// incompatible entry is reported and ignored: the caller compiles and replaces it.
-    pub fn get(&self, engine: &Engine, module: &Digest) -> Option<Component> {
+    pub fn get(&self, engine: &Engine, module: &Digest) -> Option<Compiled> {
         let path = self.entry(engine, module);
         let file = File::open(&path).ok()?;
         match load(engine, &file, &path) {
-            Ok((component, digest)) if digest == *module => {
+            Ok((compiled, digest)) if digest == *module => {
                 used_now(&file);
-                Some(component)
+                Some(compiled)
             }
             Ok(_) => {
                 tracing::warn!(
@@ -338,11 +403,11 @@ impl Cache {
         }
     }
 
-    /// Stores `component`, compiled from `module`. A cache that cannot be written is
+    /// Stores `compiled`, compiled from `module`. A cache that cannot be written is
     /// reported and otherwise ignored: the job runs all the same.
-    pub fn put(&self, engine: &Engine, module: &Digest, component: &Component) {
+    pub fn put(&self, engine: &Engine, module: &Digest, compiled: &Compiled) {
         let path = self.entry(engine, module);
-        match encode(module, component).and_then(|record| write_atomically(&path, &record)) {
+        match encode(module, compiled).and_then(|record| write_atomically(&path, &record)) {
             Ok(()) => self.trim(&[&path]),
             Err(error) => tracing::warn!(
                 "cannot cache the compiled job in `{}`: {error:#}",

@@ -15,14 +15,14 @@ use crate::human::{parse_duration, parse_size};
 use crate::log::LogFormat;
 use crate::outcome::EXIT_CODES;
 
-/// Runs a batch job compiled to a WebAssembly component, and stops it cleanly.
+/// Runs a batch job compiled to WebAssembly, and stops it cleanly.
 ///
 /// SIGTERM, SIGINT and SIGHUP become a shutdown request the job sees (through the
-/// runner:job/lifecycle interface); the job saves a checkpoint and returns, and the next
-/// run resumes from it. A job that has not returned when the grace period ends is
-/// stopped by force, whether it is computing or blocked, and the runner exits with a
-/// code that says what happened. A second signal forces the stop at once, and so does
-/// SIGQUIT.
+/// runner:job/lifecycle interface, or runner_job_v1 in a core module); the job saves a
+/// checkpoint and returns, and the next run resumes from it. A job that has not
+/// returned when the grace period ends is stopped by force, whether it is computing or
+/// blocked, and the runner exits with a code that says what happened. A second signal
+/// forces the stop at once, and so does SIGQUIT.
 #[derive(Debug, Parser)]
 #[command(
     name = "runner",
@@ -72,7 +72,7 @@ pub enum Command {
 /// `runner compile`.
 #[derive(Debug, clap::Args)]
 pub struct CompileArgs {
-    /// The job to compile (a component of the runner:job/job world).
+    /// The job to compile (a component or a core module, as `runner JOB.wasm` takes).
     #[arg(value_name = "JOB.wasm")]
     pub job: PathBuf,
 
@@ -231,8 +231,10 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = utf8(parse_env))]
     pub envs: Vec<EnvSetting>,
 
-    /// The job (a WebAssembly component of the runner:job/job world), then the
-    /// arguments it gets. Everything after the job file goes to the job.
+    /// The job, then the arguments it gets: a component of the runner:job/job world, a
+    /// WASI 0.2 command component, or a core module (a wasm32-wasip1 program, a job if
+    /// it imports runner_job_v1); or a compiled job (`runner compile`). Everything after
+    /// the job file goes to the job.
     #[arg(
         value_name = "JOB.wasm [ARGS]",
         required = true,

@@ -1,5 +1,6 @@
 //! The wasmtime engine for one job: its configuration, arming the forced stop's epoch,
-//! loading the job's component into it, and calling the job.
+//! loading the job (a component, or a core module: a wasm32-wasip1 program) into it,
+//! and calling the job.
 
 use std::fs::File;
 use std::io::Read as _;
@@ -8,12 +9,13 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, ExternType, InstancePre, Module};
+use wasmtime_wasi::I32Exit;
 use wasmtime_wasi::p2::bindings::CommandPre;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::artifact::{self, Cache, FileId, WriteGate};
+use crate::artifact::{self, Cache, Compiled, FileId, WriteGate};
 use crate::checkpoint::MAX_RECORD_LEN;
 use crate::checkpoint::format::Digest;
 use crate::host::{self, JobOutcome, JobPre, JobState};
@@ -63,7 +65,19 @@ pub enum Entry {
     /// `wasi:cli/run` of a plain WASI command, which cannot see a stop request: it gets
     /// the grace period, then the forced stop.
     Command(CommandPre<JobState>),
+    /// `_start` of a core module, a WASI preview 1 program: a job if it imports
+    /// `runner_job_v1` (it sees stop requests and checkpoints, and suspends by exiting
+    /// 75), else a plain command as above.
+    Module {
+        /// The module, linked.
+        pre: InstancePre<JobState>,
+        /// Whether it imports `runner_job_v1`.
+        job: bool,
+    },
 }
+
+/// The exit code with which a core module job says that it suspended.
+const SUSPENDED: i32 = 75;
 
 /// A compiled, linked job and the SHA-256 of its file.
 pub struct LoadedJob {
@@ -82,15 +96,7 @@ impl Entry {
             Entry::Job(pre) => {
                 let instance = pre.instantiate_async(&mut *store).await?;
                 match instance.call_run(&mut *store).await? {
-                    Ok(JobOutcome::Completed) => {
-                        if store.data_mut().complete().await.is_none() {
-                            tracing::warn!(
-                                "the job completed, but its completion is not recorded: a \
-                                 run of it resumes from its last checkpoint"
-                            );
-                        }
-                        Outcome::Completed
-                    }
+                    Ok(JobOutcome::Completed) => completed(store).await,
                     Ok(JobOutcome::Suspended) => Outcome::Suspended,
                     Err(message) => Outcome::JobFailed(message),
                 }
@@ -103,8 +109,37 @@ impl Entry {
                     Err(()) => Outcome::Exited(1),
                 }
             }
+            // As `wasmtime run`: `_start` returning is exit 0, `proc_exit(n)` exit n.
+            Entry::Module { pre, job } => {
+                let instance = pre.instantiate_async(&mut *store).await?;
+                let start = instance.get_typed_func::<(), ()>(&mut *store, "_start")?;
+                let exit = match start.call_async(&mut *store, ()).await {
+                    Ok(()) => 0,
+                    Err(error) => match error.downcast_ref::<I32Exit>() {
+                        Some(exit) if *job => exit.0,
+                        _ => return Err(error),
+                    },
+                };
+                match exit {
+                    0 if *job => completed(store).await,
+                    0 => Outcome::Completed,
+                    SUSPENDED => Outcome::Suspended,
+                    code => Outcome::Exited(code),
+                }
+            }
         })
     }
+}
+
+/// Records that the job completed, so that a later run does not run it again.
+async fn completed(store: &mut wasmtime::Store<JobState>) -> Outcome {
+    if store.data_mut().complete().await.is_none() {
+        tracing::warn!(
+            "the job completed, but its completion is not recorded: a run of it resumes \
+             from its last checkpoint"
+        );
+    }
+    Outcome::Completed
 }
 
 impl std::fmt::Debug for Entry {
@@ -112,6 +147,8 @@ impl std::fmt::Debug for Entry {
         f.write_str(match self {
             Entry::Job(_) => "Job",
             Entry::Command(_) => "Command",
+            Entry::Module { job: true, .. } => "ModuleJob",
+            Entry::Module { job: false, .. } => "Module",
         })
     }
 }
@@ -126,15 +163,24 @@ impl std::fmt::Debug for LoadedJob {
 }
 
 /// Reads, compiles (or takes from `cache`) and links the job at `path`, checking that
-/// it is a component of the `runner:job/job` world. Every error names the file and says
-/// what is wrong with it.
+/// it is a component of the `runner:job/job` world, a WASI command, or a WASI preview 1
+/// program. Every error names the file and says what is wrong with it.
 pub fn load_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<LoadedJob> {
-    let (component, digest) = compile_job(engine, path, cache)?;
-    link(engine, path, &component, digest)
+    let (compiled, digest) = compile_job(engine, path, cache)?;
+    link(engine, path, &compiled, digest)
 }
 
-/// Links the job at `path`, compiled to `component`, to the runner's imports.
-fn link(engine: &Engine, path: &Path, component: &Component, digest: Digest) -> Result<LoadedJob> {
+/// Links the job at `path`, compiled to `compiled`, to the runner's imports.
+fn link(engine: &Engine, path: &Path, compiled: &Compiled, digest: Digest) -> Result<LoadedJob> {
+    let entry = match compiled {
+        Compiled::Component(component) => link_component(engine, path, component)?,
+        Compiled::Module(module) => link_module(engine, path, module)?,
+    };
+    Ok(LoadedJob { entry, digest })
+}
+
+/// Links the component of the job at `path`.
+fn link_component(engine: &Engine, path: &Path, component: &Component) -> Result<Entry> {
     let shown = path.display();
     let command =
         is_command(engine, component).with_context(|| format!("job `{shown}` cannot run"))?;
@@ -144,7 +190,7 @@ fn link(engine: &Engine, path: &Path, component: &Component, digest: Digest) -> 
     let instance_pre = linker.instantiate_pre(component).map_err(|error| {
         anyhow!("job `{shown}` needs an import the runner does not provide: {error:#}")
     })?;
-    let entry = if command {
+    Ok(if command {
         Entry::Command(CommandPre::new(instance_pre).map_err(|error| {
             anyhow!("job `{shown}` does not match the wasi:cli/command world: {error:#}")
         })?)
@@ -152,8 +198,64 @@ fn link(engine: &Engine, path: &Path, component: &Component, digest: Digest) -> 
         Entry::Job(JobPre::new(instance_pre).map_err(|error| {
             anyhow!("job `{shown}` does not match the runner:job/job world: {error:#}")
         })?)
-    };
-    Ok(LoadedJob { entry, digest })
+    })
+}
+
+/// Links the core module of the job at `path`: a WASI preview 1 program, which may
+/// import `runner_job_v1`.
+fn link_module(engine: &Engine, path: &Path, module: &Module) -> Result<Entry> {
+    let shown = path.display();
+    match module.get_export("_start") {
+        Some(ExternType::Func(ty)) if ty.params().len() == 0 && ty.results().len() == 0 => {}
+        Some(_) => bail!(
+            "job `{shown}` cannot run: its `_start` export is not a function without \
+             parameters and results"
+        ),
+        None => bail!(
+            "job `{shown}` cannot run: it is a core module without a `_start` function (a \
+             WASI program's entry point; a library or reactor module is no program)"
+        ),
+    }
+    let job = module
+        .imports()
+        .any(|import| import.module() == host::CORE_IMPORT_MODULE);
+    if job && !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
+        bail!(
+            "job `{shown}` cannot run: it imports {} but exports no memory named `memory`, \
+             which its pointers point into",
+            host::CORE_IMPORT_MODULE
+        );
+    }
+    let mut linker = wasmtime::Linker::new(engine);
+    host::add_to_core_linker(&mut linker).map_err(|error| anyhow!(error))?;
+    let pre = linker.instantiate_pre(module).map_err(|error| {
+        anyhow!(
+            "job `{shown}` needs an import the runner does not provide: {}; a core module \
+             may import wasi_snapshot_preview1 and {} (wit/runner_job_v1.md)",
+            module_import_error(&format!("{error:#}")),
+            host::CORE_IMPORT_MODULE
+        )
+    })?;
+    Ok(Entry::Module { pre, job })
+}
+
+/// wasmtime's error for a core module's import, said from the module's side: its
+/// "expected" type is the module's import, its "found" type what the runner provides.
+fn module_import_error(message: &str) -> String {
+    let types = message
+        .split_once(": types incompatible: expected type `")
+        .and_then(|(head, rest)| {
+            let (imported, rest) = rest.split_once("`, found type `")?;
+            let (provided, _) = rest.split_once('`')?;
+            Some((head, imported, provided))
+        });
+    match types {
+        Some((head, imported, provided)) => format!(
+            "{}: the module imports it as `{imported}`, the runner provides `{provided}`",
+            head.replace("incompatible import type for", "a wrong type for")
+        ),
+        None => message.to_owned(),
+    }
 }
 
 /// `runner compile JOB -o OUTPUT`: compiles the job at `job`, checks that the runner can
@@ -162,9 +264,9 @@ fn link(engine: &Engine, path: &Path, component: &Component, digest: Digest) -> 
 /// was closed before the write.
 pub fn compile_to_file(job: &Path, output: &Path, gate: &WriteGate) -> Option<Result<usize>> {
     let compiled = new_engine().and_then(|engine| {
-        let (component, digest) = compile_job(&engine, job, None)?;
-        link(&engine, job, &component, digest)?;
-        artifact::encode(&digest, &component)
+        let (compiled, digest) = compile_job(&engine, job, None)?;
+        link(&engine, job, &compiled, digest)?;
+        artifact::encode(&digest, &compiled)
     });
     let record = match compiled {
         Ok(record) => record,
@@ -176,7 +278,7 @@ pub fn compile_to_file(job: &Path, output: &Path, gate: &WriteGate) -> Option<Re
 /// The job at `path` compiled, and the SHA-256 of its `.wasm`: loaded from a compiled
 /// job (`runner compile`), from `cache`, or compiled now (and then cached). A cache that
 /// remembers the file's identity spares reading it whole.
-fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(Component, Digest)> {
+fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(Compiled, Digest)> {
     let shown = path.display();
     let cannot_read = || format!("cannot read job `{shown}`");
     let mut file = File::open(path).with_context(cannot_read)?;
@@ -185,7 +287,8 @@ fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(C
         .take(16)
         .read_to_end(&mut head)
         .with_context(cannot_read)?;
-    let compiled = check_header(path, &head)?;
+    let kind = check_header(path, &head)?;
+    let compiled = kind == JobFile::Compiled;
     let known = match cache {
         Some(cache) if !compiled => FileId::of(&file)
             .ok()
@@ -219,16 +322,25 @@ fn compile_job(engine: &Engine, path: &Path, cache: Option<&Cache>) -> Result<(C
     } else if let Some(component) = cache.and_then(|cache| cache.get(engine, &digest)) {
         return Ok((component, digest));
     }
-    let component = Component::new(engine, &bytes)
-        .map_err(|error| anyhow!("job `{shown}` is not a valid component: {error:#}"))?;
+    let compiled = if kind == JobFile::Module {
+        Compiled::Module(
+            Module::new(engine, &bytes)
+                .map_err(|error| anyhow!("job `{shown}` is not a valid core module: {error:#}"))?,
+        )
+    } else {
+        Compiled::Component(
+            Component::new(engine, &bytes)
+                .map_err(|error| anyhow!("job `{shown}` is not a valid component: {error:#}"))?,
+        )
+    };
     if let Some(cache) = cache {
-        cache.put(engine, &digest, &component);
+        cache.put(engine, &digest, &compiled);
     }
-    Ok((component, digest))
+    Ok((compiled, digest))
 }
 
-/// Refuses a job file that cannot be a job (missing, unreadable, not a component nor a
-/// compiled job) from its first bytes: cheap, so that a run checks it before it touches
+/// Refuses a job file that cannot be a job (missing, unreadable, not a component, a
+/// core module nor a compiled job) from its first bytes: cheap, so that a run checks it before it touches
 /// the job's state.
 pub fn check_job_file(path: &Path) -> Result<()> {
     let mut head = Vec::with_capacity(16);
@@ -238,22 +350,31 @@ pub fn check_job_file(path: &Path) -> Result<()> {
     check_header(path, &head).map(drop)
 }
 
-/// Checks the start of the job file at `path`: `true` for a compiled job, `false` for a
-/// component, an error naming the file for anything else.
-fn check_header(path: &Path, bytes: &[u8]) -> Result<bool> {
+/// What a job file is, from its first bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobFile {
+    /// A compiled job (`runner compile`).
+    Compiled,
+    /// A component.
+    Component,
+    /// A core module.
+    Module,
+}
+
+/// Checks the start of the job file at `path`: what it is, or an error naming the file
+/// for anything else.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<JobFile> {
     let shown = path.display();
     if artifact::is_compiled(bytes) {
-        return Ok(true);
+        return Ok(JobFile::Compiled);
     }
     match bytes.get(..8) {
-        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => bail!(
-            "job `{shown}` is a core WebAssembly module, not a component: build it for \
-             wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Ok(JobFile::Module),
+        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(JobFile::Component),
+        _ => bail!(
+            "job `{shown}` is not a WebAssembly component or module (it does not start with \
+             `\\0asm`)"
         ),
-        Some([0, b'a', b's', b'm', _, _, 1, 0]) => Ok(false),
-        _ => {
-            bail!("job `{shown}` is not a WebAssembly component (it does not start with `\\0asm`)")
-        }
     }
 }
 
@@ -287,4 +408,25 @@ fn is_command(engine: &Engine, component: &Component) -> Result<bool> {
             names.join(", ")
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::module_import_error;
+
+    #[test]
+    fn a_wrong_import_type_is_said_from_the_modules_side() {
+        assert_eq!(
+            module_import_error(
+                "incompatible import type for `runner_job_v1::checkpoint_save`: types \
+                 incompatible: expected type `(func (param i64) (result i64))`, found type \
+                 `(func (param i32 i32) (result i32))`"
+            ),
+            "a wrong type for `runner_job_v1::checkpoint_save`: the module imports it as \
+             `(func (param i64) (result i64))`, the runner provides `(func (param i32 i32) \
+             (result i32))`"
+        );
+        let unknown = "unknown import: `env::f` has not been defined";
+        assert_eq!(module_import_error(unknown), unknown);
+    }
 }

@@ -12,15 +12,16 @@ Exit codes:
   74       the job's state could not be reached before the job ran, for a reason that may
            pass (an S3 endpoint unreachable, timing out, or answering 5xx or 429; a state
            directory whose file system fails with a transport error): run again later
-  75       suspended: the job stopped on request after saving its state, or the stop came
-           before the job started; run again to resume
+  75       suspended: the job stopped on request after saving its state (a core module
+           job: it exited 75), or the stop came before the job started; run again to
+           resume
   124      stopped by force after --timeout ran out
   129      stopped by force after SIGHUP (the grace ran out, or a second signal came)
   130      stopped by force after SIGINT (the grace ran out, or a second signal came)
   131      stopped at once, with no grace, after SIGQUIT
   143      stopped by force after SIGTERM (the grace ran out, or a second signal came)
   134      the job trapped (panic, unreachable, out of memory, stack overflow)
-  n        the job exited through wasi:cli/exit with code n
+  n        the job exited with code n (wasi:cli/exit, or proc_exit in a core module)
 After a forced stop the last checkpoint the job committed stands.";
 
 /// Why the runner is stopping the job.

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use tokio::task::JoinHandle;
 use wasmtime::{Engine, Trap, WasmBacktrace};
-use wasmtime_wasi::{I32Exit, WasiCtx};
+use wasmtime_wasi::I32Exit;
+use wasmtime_wasi::p1::WasiP1Ctx;
 
 use crate::artifact::Cache;
 use crate::checkpoint::output::OutputDir;
@@ -215,7 +216,7 @@ impl Run {
         engine: &Engine,
         job: &LoadedJob,
         owned: Owned,
-        wasi: WasiCtx,
+        wasi: WasiP1Ctx,
         clock_zero: Instant,
     ) -> Result<wasmtime::Store<JobState>> {
         if let Some(record) = &owned.record {

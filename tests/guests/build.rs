@@ -1,5 +1,6 @@
 //! Builds the guest components the integration tests run, from source, for
-//! wasm32-wasip2, and exports their paths as constants (as wasmtime's
+//! wasm32-wasip2, and the core modules, for wasm32-wasip1 (Rust) and with clang and
+//! wasi-libc (C), and exports their paths as constants (as wasmtime's
 //! test-programs-artifacts does). The nested cargo uses its own target directory: the
 //! outer build holds the lock on the workspace's.
 
@@ -18,6 +19,30 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("worker", "worker.wasm", "WORKER"),
     ("test-jobs", "testjob.wasm", "TESTJOB"),
     ("test-jobs", "command.wasm", "COMMAND"),
+];
+
+/// (core-jobs binary, constant name): Rust wasm32-wasip1 programs.
+const CORE_GUESTS: &[(&str, &str)] = &[("core-command", "CORE_COMMAND"), ("core-job", "CORE_JOB")];
+
+/// (C source, module file name, constant name): built with clang against wasi-libc and
+/// `guest-sdk/c`.
+const C_GUESTS: &[(&str, &str, &str)] = &[
+    ("examples/c-primes/primes.c", "c-primes.wasm", "C_PRIMES"),
+    (
+        "tests/core-jobs/c/unknown-import.c",
+        "unknown-import.wasm",
+        "C_UNKNOWN_IMPORT",
+    ),
+    (
+        "tests/core-jobs/c/unknown-function.c",
+        "unknown-function.wasm",
+        "C_UNKNOWN_FUNCTION",
+    ),
+    (
+        "tests/core-jobs/c/wrong-signature.c",
+        "wrong-signature.wasm",
+        "C_WRONG_SIGNATURE",
+    ),
 ];
 
 /// (Python job, component file name, constant name)
@@ -39,9 +64,17 @@ fn main() {
         workspace,
         out_dir,
         target_dir,
-    } = nested_cargo::Nested::new(&["guest-sdk", "examples", "tests/jobs", "wit", "Cargo.lock"]);
+    } = nested_cargo::Nested::new(&[
+        "guest-sdk",
+        "examples",
+        "tests/jobs",
+        "tests/core-jobs",
+        "wit",
+        "Cargo.lock",
+    ]);
 
-    check_target_installed();
+    check_target_installed("wasm32-wasip2");
+    check_target_installed("wasm32-wasip1");
     let mut command = nested_cargo::build(&workspace, "wasm32-wasip2", &target_dir);
     command.arg("--release");
     let mut packages: Vec<&str> = GUESTS.iter().map(|(package, _, _)| *package).collect();
@@ -67,6 +100,35 @@ fn main() {
         );
         constants.push_str(&format!(
             "/// The path of `{file}`, built from source for this test build.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    let mut command = nested_cargo::build(&workspace, "wasm32-wasip1", &target_dir);
+    let status = command
+        .args(["--release", "-p", "core-jobs"])
+        .status()
+        .expect("cannot run cargo to build the core modules");
+    assert!(
+        status.success(),
+        "building the core modules failed: {status}"
+    );
+    for (bin, name) in CORE_GUESTS {
+        let path = target_dir.join(format!("wasm32-wasip1/release/{bin}.wasm"));
+        assert!(
+            path.is_file(),
+            "the core module build did not produce {}",
+            path.display()
+        );
+        constants.push_str(&format!(
+            "/// The path of `{bin}.wasm`, a wasm32-wasip1 program built for this test build.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
+    for (source, file, name) in C_GUESTS {
+        let path = out_dir.join(file);
+        build_c_module(&workspace, &workspace.join(source), &path);
+        constants.push_str(&format!(
+            "/// The path of `{source}` built into a core module for this test build.\npub const {name}: &str = {:?};\n",
             path.display().to_string()
         ));
     }
@@ -105,16 +167,45 @@ fn build_python_job(workspace: &Path, job: &Path, output: &Path) {
     );
 }
 
-fn check_target_installed() {
+/// Builds a C program into a core module with clang, lld and wasi-libc (Debian's
+/// packages, which `tests/prerequisites.sh` installs), as the README shows.
+fn build_c_module(workspace: &Path, source: &Path, output: &Path) {
+    let status = Command::new("clang")
+        .args([
+            "--target=wasm32-wasi",
+            "-O2",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I",
+        ])
+        .arg(workspace.join("guest-sdk/c"))
+        .arg("-o")
+        .arg(output)
+        .arg(source)
+        .status()
+        .unwrap_or_else(|error| {
+            panic!("cannot run clang ({error}): run `sh tests/prerequisites.sh`, which installs it")
+        });
+    assert!(
+        status.success(),
+        "building {} failed: {status}",
+        source.display()
+    );
+}
+
+fn check_target_installed(target: &str) {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let sysroot = Command::new(rustc)
         .args(["--print", "sysroot"])
         .output()
         .expect("cannot run rustc --print sysroot");
     let sysroot = String::from_utf8_lossy(&sysroot.stdout);
-    let target = Path::new(sysroot.trim()).join("lib/rustlib/wasm32-wasip2");
     assert!(
-        target.is_dir(),
-        "the wasm32-wasip2 target is not installed for this toolchain: run `rustup target add wasm32-wasip2`"
+        Path::new(sysroot.trim())
+            .join("lib/rustlib")
+            .join(target)
+            .is_dir(),
+        "the {target} target is not installed for this toolchain: run `rustup target add {target}`"
     );
 }

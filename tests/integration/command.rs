@@ -3,11 +3,10 @@
 //! codes as jobs.
 
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use test_guests::COMMAND;
 
-use crate::util::{PATIENCE, Running, SIGINT, SIGTERM, Sandbox, run};
+use crate::util::{SIGINT, SIGTERM, Sandbox, assert_forced_after_grace, run};
 
 #[test]
 fn a_wasi_command_runs_and_exits_with_its_code() {
@@ -24,21 +23,6 @@ fn a_wasi_command_runs_and_exits_with_its_code() {
 #[test]
 fn a_wasi_command_gets_the_grace_then_the_forced_stop() {
     for (mode, signal, code) in [("spin", SIGTERM, 143), ("sleep", SIGINT, 130)] {
-        let sandbox = Sandbox::new();
-        let running = Running::start(
-            sandbox.runner().args(["--grace", "1s", COMMAND, mode]),
-            Stdio::null(),
-        );
-        running.wait_for_line("ready");
-        let signalled = Instant::now();
-        running.signal(signal);
-        let done = running.wait();
-        let took = signalled.elapsed();
-        done.assert_code(code);
-        done.assert_stderr("asking the job to stop");
-        assert!(
-            took >= Duration::from_secs(1) && took < PATIENCE,
-            "{mode}: stopped after {took:?}, not after its 1s of grace"
-        );
+        assert_forced_after_grace(COMMAND, mode, signal, code, Stdio::null());
     }
 }

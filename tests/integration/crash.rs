@@ -15,7 +15,13 @@ const LINES: u64 = 250;
 
 /// `strace` with a fault for `syscall` calls on `path` (the `when`-th one, counted per
 /// thread), running `runner`'s arguments. The runner's commits all run on one thread, the job's.
-fn strace(syscall: &str, path: Option<&Path>, when: u32, fault: &str, runner: &Command) -> Command {
+pub fn strace(
+    syscall: &str,
+    path: Option<&Path>,
+    when: u32,
+    fault: &str,
+    runner: &Command,
+) -> Command {
     let mut command = Command::new("strace");
     command.args(["-f", "-qq", "-o", "/dev/null"]);
     if let Some(path) = path {

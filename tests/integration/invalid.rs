@@ -36,16 +36,25 @@ fn bad_job_files_are_rejected_with_a_line_that_names_the_problem() {
     assert_rejected(
         &sandbox,
         &[text.to_str().expect("utf-8")],
-        &["notes.wasm", "is not a WebAssembly component"],
+        &["notes.wasm", "is not a WebAssembly component or module"],
     );
 
-    // The smallest valid core module: magic and version 1.
+    // The smallest valid core module (magic and version 1) is no program; a core
+    // module cut short is no module.
     let core = sandbox.path().join("core.wasm");
     fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
     assert_rejected(
         &sandbox,
         &[core.to_str().expect("utf-8")],
-        &["core.wasm", "core WebAssembly module, not a component"],
+        &["core.wasm", "core module without a `_start` function"],
+    );
+    let truncated_core = sandbox.path().join("truncated-core.wasm");
+    let bytes = fs::read(test_guests::CORE_COMMAND).expect("read core-command");
+    fs::write(&truncated_core, &bytes[..bytes.len() / 2]).expect("write");
+    assert_rejected(
+        &sandbox,
+        &[truncated_core.to_str().expect("utf-8")],
+        &["truncated-core.wasm", "is not a valid core module"],
     );
 
     let truncated = sandbox.path().join("truncated.wasm");

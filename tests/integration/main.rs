@@ -7,6 +7,7 @@ mod cache;
 mod chaos;
 mod command;
 mod container;
+mod core_modules;
 mod crash;
 mod deploy;
 mod durable;

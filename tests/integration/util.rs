@@ -470,6 +470,24 @@ pub fn primes_below(limit: usize) -> usize {
     count
 }
 
+/// Runs `job MODE` with `--grace 1s` (stdin `stdin`), and once it prints `ready` sends
+/// it `signal`: it must exit `code` after its grace, no sooner.
+pub fn assert_forced_after_grace(job: &str, mode: &str, signal: i32, code: i32, stdin: Stdio) {
+    let sandbox = Sandbox::new();
+    let running = Running::start(sandbox.runner().args(["--grace", "1s", job, mode]), stdin);
+    running.wait_for_line("ready");
+    let signalled = Instant::now();
+    running.signal(signal);
+    let done = running.wait();
+    let took = signalled.elapsed();
+    done.assert_code(code);
+    done.assert_stderr("asking the job to stop");
+    assert!(
+        took >= Duration::from_secs(1) && took < PATIENCE,
+        "{mode}: stopped after {took:?}, not after its 1s of grace"
+    );
+}
+
 /// The workspace's root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

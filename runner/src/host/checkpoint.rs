@@ -65,8 +65,8 @@ impl Checkpoints {
 
 impl Checkpoints {
     /// `load`: the state last committed, if any.
-    pub(super) fn load(&self) -> Option<Vec<u8>> {
-        self.committed.as_ref().map(|record| record.payload.clone())
+    pub(super) fn load(&self) -> Option<&[u8]> {
+        self.committed.as_ref().map(|record| &record.payload[..])
     }
 
     /// The buffer for the next save's state of `len` bytes, empty: the one that held

@@ -94,9 +94,43 @@ impl Pollable for ShutdownPollable {
     }
 }
 
+impl Lifecycle {
+    /// `shutdown-requested`.
+    pub(super) fn requested(&self) -> bool {
+        self.current().is_some()
+    }
+
+    /// `deadline`: nanoseconds on the job's monotonic clock.
+    pub(super) fn deadline(&self) -> Option<u64> {
+        self.current()
+            .map(|request| nanos_since(self.clock_zero, request.deadline))
+    }
+
+    /// `shutdown-reason`.
+    pub(super) fn reason(&self) -> Option<WitStopReason> {
+        self.current().map(|request| match request.reason {
+            StopReason::Terminate => WitStopReason::Terminate,
+            StopReason::Interrupt => WitStopReason::Interrupt,
+            StopReason::Hangup => WitStopReason::Hangup,
+            // Forced at once: the job does not run to ask, but the contract has one
+            // reason per signal the job could act on.
+            StopReason::Quit => WitStopReason::Terminate,
+            StopReason::Timeout => WitStopReason::Timeout,
+            StopReason::Fenced => WitStopReason::Fenced,
+        })
+    }
+
+    /// Waits until shutdown is requested (at once if it has been).
+    pub(super) async fn wait(&self) {
+        ShutdownPollable(Arc::clone(&self.shutdown), self.shutdown.subscribe())
+            .ready()
+            .await;
+    }
+}
+
 impl Host for LifecycleView<'_> {
     fn shutdown_requested(&mut self) -> wasmtime::Result<bool> {
-        Ok(self.lifecycle.current().is_some())
+        Ok(self.lifecycle.requested())
     }
 
     fn subscribe_shutdown(&mut self) -> wasmtime::Result<Resource<DynPollable>> {
@@ -108,25 +142,10 @@ impl Host for LifecycleView<'_> {
     }
 
     fn deadline(&mut self) -> wasmtime::Result<Option<u64>> {
-        Ok(self
-            .lifecycle
-            .current()
-            .map(|request| nanos_since(self.lifecycle.clock_zero, request.deadline)))
+        Ok(self.lifecycle.deadline())
     }
 
     fn shutdown_reason(&mut self) -> wasmtime::Result<Option<WitStopReason>> {
-        Ok(self
-            .lifecycle
-            .current()
-            .map(|request| match request.reason {
-                StopReason::Terminate => WitStopReason::Terminate,
-                StopReason::Interrupt => WitStopReason::Interrupt,
-                StopReason::Hangup => WitStopReason::Hangup,
-                // Forced at once: the job does not run to ask, but the contract has one
-                // reason per signal the job could act on.
-                StopReason::Quit => WitStopReason::Terminate,
-                StopReason::Timeout => WitStopReason::Timeout,
-                StopReason::Fenced => WitStopReason::Fenced,
-            }))
+        Ok(self.lifecycle.reason())
     }
 }

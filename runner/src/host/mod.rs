@@ -1,8 +1,9 @@
 //! The host side of the `runner:job` world: one module per WIT interface, the generated
 //! bindings kept private, [`JobState`], the data of the job's store, and the job's WASI
-//! context.
+//! context; and `runner_job_v1`, the same interfaces for core modules ([`core_abi`]).
 
 mod checkpoint;
+mod core_abi;
 mod lifecycle;
 mod progress;
 
@@ -12,10 +13,12 @@ use std::time::Instant;
 
 use anyhow::{Context as _, anyhow};
 use wasmtime::StoreContextMut;
-use wasmtime::component::{HasSelf, Linker, ResourceTable, WasmList};
-use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime::component::{HasSelf, Linker, WasmList};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder, WasiCtxView, WasiView};
 
 pub use checkpoint::Checkpoints;
+pub use core_abi::IMPORT_MODULE as CORE_IMPORT_MODULE;
 pub use lifecycle::{Lifecycle, RunnerClock};
 pub use progress::Progress;
 
@@ -59,11 +62,14 @@ pub struct Saves {
 
 /// The data of a job's store.
 pub struct JobState {
-    wasi: WasiCtx,
-    table: ResourceTable,
+    /// WASI, with its resource table: WASI 0.2's view of it for a component, preview
+    /// 1's for a core module.
+    wasi: WasiP1Ctx,
     lifecycle: Lifecycle,
     checkpoints: Checkpoints,
     progress: Progress,
+    /// What `runner_job_v1` keeps between calls.
+    core: core_abi::CoreState,
 }
 
 impl std::fmt::Debug for JobState {
@@ -80,7 +86,7 @@ impl JobState {
     /// `clock_zero`), is stopped through `shutdown`, and notes its checkpoints and
     /// progress in `status`.
     pub fn new(
-        wasi: WasiCtx,
+        wasi: WasiP1Ctx,
         clock_zero: Instant,
         shutdown: Arc<Shutdown>,
         status: Arc<RunStatus>,
@@ -88,7 +94,6 @@ impl JobState {
     ) -> anyhow::Result<Self> {
         Ok(JobState {
             wasi,
-            table: ResourceTable::new(),
             lifecycle: Lifecycle::new(Arc::clone(&shutdown), clock_zero),
             checkpoints: Checkpoints::new(
                 saves.store,
@@ -99,6 +104,7 @@ impl JobState {
                 Arc::clone(&status),
             ),
             progress: Progress::new(status),
+            core: core_abi::CoreState::default(),
         })
     }
 
@@ -120,26 +126,29 @@ impl JobState {
 
 impl WasiView for JobState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        self.wasi.ctx()
     }
 }
 
-/// Adds WASI 0.2 (async) and the runner's interfaces to `linker`.
+/// Adds WASI 0.2 (async) and the runner's interfaces to the component `linker`.
 pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     use bindings::runner::job;
     job::lifecycle::add_to_linker::<_, lifecycle::LifecycleData>(linker, |state| {
         lifecycle::LifecycleView {
             lifecycle: &state.lifecycle,
-            table: &mut state.table,
+            table: state.wasi.ctx().table,
         }
     })?;
     add_checkpoint_to_linker(linker)?;
     job::progress::add_to_linker::<_, HasSelf<Progress>>(linker, |state| &mut state.progress)?;
     Ok(())
+}
+
+/// Adds WASI preview 1 (async) and `runner_job_v1` to the core module `linker`.
+pub fn add_to_core_linker(linker: &mut wasmtime::Linker<JobState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p1::add_to_linker_async(linker, |state: &mut JobState| &mut state.wasi)?;
+    core_abi::add_to_linker(linker)
 }
 
 /// `runner:job/checkpoint`, by hand rather than through the bindings: `save` takes the
@@ -152,7 +161,7 @@ pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
 fn add_checkpoint_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     let mut checkpoint = linker.instance("runner:job/checkpoint@0.1.0")?;
     checkpoint.func_wrap("load", |store: StoreContextMut<'_, JobState>, (): ()| {
-        Ok((store.data().checkpoints.load(),))
+        Ok((store.data().checkpoints.load().map(<[u8]>::to_vec),))
     })?;
     checkpoint.func_wrap_async(
         "save",
@@ -189,12 +198,13 @@ pub struct DirMapping {
 
 /// The job's WASI context: its arguments, environment and directories (nothing else of
 /// the host), the runner's stdio, and a monotonic clock that starts at `clock_zero`.
+/// For a component and a core module alike: a [`WasiP1Ctx`] is WASI 0.2's context too.
 pub fn wasi_context<'a>(
     args: &[String],
     env: &[(String, String)],
     dirs: impl IntoIterator<Item = &'a DirMapping>,
     clock_zero: Instant,
-) -> anyhow::Result<WasiCtx> {
+) -> anyhow::Result<WasiP1Ctx> {
     let mut wasi = WasiCtxBuilder::new();
     wasi.inherit_stdio();
     // With JSON logs, the job's lines become objects; output to the terminal the
@@ -216,5 +226,5 @@ pub fn wasi_context<'a>(
             .map_err(|error| anyhow!(error))
             .with_context(|| format!("cannot open --dir `{}`", dir.host.display()))?;
     }
-    Ok(wasi.build())
+    Ok(wasi.build_p1())
 }
