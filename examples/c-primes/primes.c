@@ -109,8 +109,14 @@ int main(int argc, char **argv) {
     }
     s.next = start;
 
+    void *loaded;
     size_t len;
-    char *saved = runner_checkpoint_load(&len);
+    int code = runner_checkpoint_load(&loaded, &len);
+    if (code != RUNNER_OK && code != RUNNER_E_NONE) {
+        fprintf(stderr, "cannot load the count: %s\n", runner_error());
+        exit(1);
+    }
+    char *saved = loaded;
     if (saved != NULL) {
         struct state old;
         char text[128] = {0};

@@ -5,7 +5,7 @@
  * in wit/runner_job_v1.md) and wraps them:
  *
  *   runner_should_stop()          a stop was asked: save and exit(RUNNER_SUSPENDED)
- *   runner_checkpoint_load(&len)  the last saved state (malloc'd), or NULL
+ *   runner_checkpoint_load(&p, &n) the last saved state, in a buffer from malloc
  *   runner_checkpoint_save(p, n)  durably commits n bytes as the state
  *   runner_suspend()              exit(RUNNER_SUSPENDED): the runner exits 75
  *   runner_every(&timer, ns)      true about once every ns nanoseconds
@@ -80,33 +80,54 @@ static inline bool runner_should_stop(void) {
  * before a stop is requested. */
 static inline int64_t runner_deadline(void) { return runner_job_v1_deadline(); }
 
-/* The message of the last call that failed, in a static buffer ("" if none). */
+/* Why the last failed call of this header failed when the header itself found the
+ * failure (NULL: the runner did, and keeps the message). One per file that includes
+ * the header. */
+static const char *runner_failure_ = NULL;
+
+/* Returns code, after noting that the header found the failure it stands for. */
+static inline int runner_fail_(int code, const char *why) {
+    runner_failure_ = why;
+    return code;
+}
+
+/* The message of the last call that failed, in a static buffer ("" if none); cut at
+ * 1023 bytes. */
 static inline const char *runner_error(void) {
     static char message[1024];
+    if (runner_failure_ != NULL) {
+        return runner_failure_;
+    }
     int32_t len = runner_job_v1_error_copy(message, (int32_t)sizeof message - 1);
     message[len > 0 ? len : 0] = '\0';
     return message;
 }
 
-/* The state the job last saved (in this run or an earlier one), in a buffer from
- * malloc that the caller frees, its size in *len; NULL if the job never saved (*len
- * is 0) or on an error (runner_error() says which). */
-static inline void *runner_checkpoint_load(size_t *len) {
+/* The state the job last saved (in this run or an earlier one): on RUNNER_OK, *state
+ * is a buffer from malloc that the caller frees, and *len its size. RUNNER_E_NONE if
+ * the job never saved (*state NULL, *len 0): start from the beginning. Any other code
+ * is an error (runner_error() says which): the job must not start from the beginning
+ * then, or its first save would replace the state it could not load. */
+static inline int runner_checkpoint_load(void **state, size_t *len) {
+    *state = NULL;
     *len = 0;
+    runner_failure_ = NULL;
     int64_t size = runner_job_v1_checkpoint_size();
     if (size < 0) {
-        return NULL;
+        return RUNNER_E_NONE;
     }
-    void *state = malloc(size > 0 ? (size_t)size : 1);
-    if (state == NULL) {
-        return NULL;
+    void *buffer = malloc(size > 0 ? (size_t)size : 1);
+    if (buffer == NULL) {
+        return runner_fail_(RUNNER_E_IO, "out of memory for the checkpoint");
     }
-    if (runner_job_v1_checkpoint_load(state, (int32_t)size) != RUNNER_OK) {
-        free(state);
-        return NULL;
+    int code = runner_job_v1_checkpoint_load(buffer, (int32_t)size);
+    if (code != RUNNER_OK) {
+        free(buffer);
+        return code;
     }
+    *state = buffer;
     *len = (size_t)size;
-    return state;
+    return RUNNER_OK;
 }
 
 /* Durably commits the len bytes at state as the job's state, after flushing every
@@ -114,9 +135,12 @@ static inline void *runner_checkpoint_load(size_t *len) {
  * Returns RUNNER_OK, or a code runner_error() explains; on any error the state
  * saved before stands. */
 static inline int runner_checkpoint_save(const void *state, size_t len) {
-    fflush(NULL);
+    runner_failure_ = NULL;
+    if (fflush(NULL) != 0) {
+        return runner_fail_(RUNNER_E_IO, "cannot flush the job's files before the save");
+    }
     if (len > INT32_MAX) {
-        return RUNNER_E_TOO_LARGE;
+        return runner_fail_(RUNNER_E_TOO_LARGE, "the state is larger than 2 GiB");
     }
     return runner_job_v1_checkpoint_save(state, (int32_t)len);
 }
@@ -129,10 +153,9 @@ static inline void runner_progress(uint64_t done, uint64_t total) {
     runner_job_v1_progress((int64_t)done, (int64_t)total);
 }
 
-/* Sleeps for ns nanoseconds, or until a stop is requested: true if it was. */
-static inline bool runner_wait(int64_t ns) {
-    return runner_job_v1_wait_shutdown(ns < 0 ? 0 : ns) != 0;
-}
+/* Sleeps for ns nanoseconds, or until a stop is requested: true if it was. A negative
+ * ns waits for the request only. */
+static inline bool runner_wait(int64_t ns) { return runner_job_v1_wait_shutdown(ns) != 0; }
 
 /* The time on CLOCK_MONOTONIC, in nanoseconds. */
 static inline int64_t runner_now(void) {

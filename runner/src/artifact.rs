@@ -163,8 +163,7 @@ pub fn load(engine: &Engine, file: &File, path: &Path) -> Result<(Compiled, Dige
     let module: Digest = digests[..32].try_into().expect("32 bytes");
     // The ELF header says whether it holds a component or a core module.
     let kind = Engine::detect_precompiled_file(path)
-        .ok()
-        .flatten()
+        .map_err(|error| anyhow!("cannot read its ELF header: {error:#}"))?
         .context("it is not a compiled job of wasmtime (its ELF header says otherwise)")?;
     // SAFETY: wasmtime maps the artifact as executable code, from the file at `path`, or
     // from a copy of it read from `file`. It is whole (the checksum above) and was

@@ -29,6 +29,11 @@ const CORE_GUESTS: &[(&str, &str)] = &[("core-command", "CORE_COMMAND"), ("core-
 const C_GUESTS: &[(&str, &str, &str)] = &[
     ("examples/c-primes/primes.c", "c-primes.wasm", "C_PRIMES"),
     (
+        "tests/core-jobs/c/sequence.c",
+        "c-sequence.wasm",
+        "C_SEQUENCE",
+    ),
+    (
         "tests/core-jobs/c/unknown-import.c",
         "unknown-import.wasm",
         "C_UNKNOWN_IMPORT",
@@ -124,6 +129,7 @@ fn main() {
             path.display().to_string()
         ));
     }
+    check_header_in_cpp(&workspace, &out_dir);
     for (source, file, name) in C_GUESTS {
         let path = out_dir.join(file);
         build_c_module(&workspace, &workspace.join(source), &path);
@@ -191,6 +197,34 @@ fn build_c_module(workspace: &Path, source: &Path, output: &Path) {
         status.success(),
         "building {} failed: {status}",
         source.display()
+    );
+}
+
+/// The C SDK's header says it serves C++ too: it must compile as C++.
+fn check_header_in_cpp(workspace: &Path, out_dir: &Path) {
+    let source = out_dir.join("header.cc");
+    std::fs::write(
+        &source,
+        "#include \"runner_job.h\"\nint main() { void *state; size_t len; \
+         return runner_checkpoint_load(&state, &len) + runner_should_stop(); }\n",
+    )
+    .expect("write header.cc");
+    let status = Command::new("clang++")
+        .args([
+            "--target=wasm32-wasi",
+            "-fsyntax-only",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-I",
+        ])
+        .arg(workspace.join("guest-sdk/c"))
+        .arg(&source)
+        .status()
+        .expect("cannot run clang++");
+    assert!(
+        status.success(),
+        "guest-sdk/c/runner_job.h does not compile as C++: {status}"
     );
 }
 

@@ -16,6 +16,7 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 
 pub const SIGHUP: i32 = libc::SIGHUP;
 pub const SIGINT: i32 = libc::SIGINT;
+pub const SIGKILL: i32 = libc::SIGKILL;
 pub const SIGTERM: i32 = libc::SIGTERM;
 
 /// A state directory for one test, removed when dropped.
