@@ -162,6 +162,19 @@ def verdict(current, baseline, control=None):
 # ---------------------------------------------------------------------------- processes
 
 
+def reread(paths):
+    """Drops each file's pages from the page cache and reads them back, so that every
+    file a measured run maps came into the page cache the same way (a fault maps as many
+    pages as the cache's folio holds: a file just written and one read back measure
+    differently, in time and in peak RSS)."""
+    for path in paths:
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+            os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            while file.read(1 << 20):
+                pass
+
+
 def child_env():
     env = dict(os.environ)
     env.pop("RUST_BACKTRACE", None)
@@ -292,6 +305,16 @@ class Bench:
         print(f"bench: {message}", file=sys.stderr, flush=True)
 
     def setup(self):
+        # The programs too: a runner binary's start and exit (its forced stop included)
+        # and peak RSS depend on how its file came into the page cache. The same binary
+        # measured 11.8 MiB and a 1.7 ms forced stop in one run, 12.8 MiB and 1.5 ms in
+        # another; a just-built one and a kept one differed by up to 1.2x either way, a
+        # difference the control did not show. Dropped and read back, two runners of
+        # different commits measured 15.3 and 15.1 MiB.
+        reread(
+            [path for build in self.builds for path in (build.runner, build.static_runner) if path]
+            + [path for path in (self.args.wasmtime, self.args.startup) if path]
+        )
         if os.path.exists(self.work):
             shutil.rmtree(self.work)
         os.makedirs(self.work)
@@ -692,15 +715,9 @@ class Bench:
         for build in self.builds:
             roots += [build.cache, os.path.join(build.work, "hello-py.cwasm")]
         for root in roots:
-            paths = [root] if os.path.isfile(root) else [
+            reread([root] if os.path.isfile(root) else [
                 os.path.join(directory, name) for directory, _, names in os.walk(root) for name in names
-            ]
-            for path in paths:
-                with open(path, "rb") as file:
-                    os.fsync(file.fileno())
-                    os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-                    while file.read(1 << 20):
-                        pass
+            ])
 
     # -- container
 
