@@ -24,29 +24,44 @@ const GUESTS: &[(&str, &str, &str)] = &[
 /// (core-jobs binary, constant name): Rust wasm32-wasip1 programs.
 const CORE_GUESTS: &[(&str, &str)] = &[("core-command", "CORE_COMMAND"), ("core-job", "CORE_JOB")];
 
-/// (C source, module file name, constant name): built with clang against wasi-libc and
-/// `guest-sdk/c`.
-const C_GUESTS: &[(&str, &str, &str)] = &[
-    ("examples/c-primes/primes.c", "c-primes.wasm", "C_PRIMES"),
+/// (C source, module file name, constant name, extra linker flags): built with clang
+/// against wasi-libc and `guest-sdk/c`.
+const C_GUESTS: &[(&str, &str, &str, &[&str])] = &[
+    (
+        "examples/c-primes/primes.c",
+        "c-primes.wasm",
+        "C_PRIMES",
+        &[],
+    ),
     (
         "tests/core-jobs/c/sequence.c",
         "c-sequence.wasm",
         "C_SEQUENCE",
+        &[],
     ),
     (
         "tests/core-jobs/c/unknown-import.c",
         "unknown-import.wasm",
         "C_UNKNOWN_IMPORT",
+        &[],
     ),
     (
         "tests/core-jobs/c/unknown-function.c",
         "unknown-function.wasm",
         "C_UNKNOWN_FUNCTION",
+        &[],
     ),
     (
         "tests/core-jobs/c/wrong-signature.c",
         "wrong-signature.wasm",
         "C_WRONG_SIGNATURE",
+        &[],
+    ),
+    (
+        "tests/core-jobs/c/no-memory.c",
+        "no-memory.wasm",
+        "C_NO_MEMORY",
+        &["-Wl,--import-memory"],
     ),
 ];
 
@@ -130,9 +145,9 @@ fn main() {
         ));
     }
     check_header_in_cpp(&workspace, &out_dir);
-    for (source, file, name) in C_GUESTS {
+    for (source, file, name, flags) in C_GUESTS {
         let path = out_dir.join(file);
-        build_c_module(&workspace, &workspace.join(source), &path);
+        build_c_module(&workspace, &workspace.join(source), flags, &path);
         constants.push_str(&format!(
             "/// The path of `{source}` built into a core module for this test build.\npub const {name}: &str = {:?};\n",
             path.display().to_string()
@@ -175,7 +190,7 @@ fn build_python_job(workspace: &Path, job: &Path, output: &Path) {
 
 /// Builds a C program into a core module with clang, lld and wasi-libc (Debian's
 /// packages, which `tests/prerequisites.sh` installs), as the README shows.
-fn build_c_module(workspace: &Path, source: &Path, output: &Path) {
+fn build_c_module(workspace: &Path, source: &Path, flags: &[&str], output: &Path) {
     let status = Command::new("clang")
         .args([
             "--target=wasm32-wasi",
@@ -186,6 +201,7 @@ fn build_c_module(workspace: &Path, source: &Path, output: &Path) {
             "-I",
         ])
         .arg(workspace.join("guest-sdk/c"))
+        .args(flags)
         .arg("-o")
         .arg(output)
         .arg(source)

@@ -9,8 +9,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use test_guests::{
-    C_PRIMES, C_SEQUENCE, C_UNKNOWN_FUNCTION, C_UNKNOWN_IMPORT, C_WRONG_SIGNATURE, CORE_COMMAND,
-    CORE_JOB, PRIMES,
+    C_NO_MEMORY, C_PRIMES, C_SEQUENCE, C_UNKNOWN_FUNCTION, C_UNKNOWN_IMPORT, C_WRONG_SIGNATURE,
+    CORE_COMMAND, CORE_JOB, PRIMES,
 };
 
 use crate::crash::strace;
@@ -441,6 +441,10 @@ fn a_core_module_with_an_import_the_runner_lacks_is_refused_naming_it() {
         refused.assert_code(2).assert_stderr(names);
         assert!(refused.stdout.is_empty());
     }
+    // A job's pointers point into its memory: one that exports none is refused too.
+    run(sandbox.runner().arg(C_NO_MEMORY))
+        .assert_code(2)
+        .assert_stderr("imports runner_job_v1 but exports no memory named `memory`");
     // Nothing ran, and nothing was left behind in the state directory.
     for job in ["unknown-import", "unknown-function", "wrong-signature"] {
         assert!(
