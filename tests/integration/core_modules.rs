@@ -15,8 +15,8 @@ use test_guests::{
 
 use crate::crash::strace;
 use crate::util::{
-    Running, SIGHUP, SIGINT, SIGKILL, SIGTERM, Sandbox, assert_forced_after_grace, primes_below,
-    run,
+    Running, SIGHUP, SIGINT, SIGKILL, SIGTERM, Sandbox, assert_forced_after_grace,
+    assert_second_signal_forces_at_once, primes_below, run,
 };
 
 #[test]
@@ -110,28 +110,7 @@ fn a_wasip1_program_gets_the_grace_then_the_forced_stop() {
 
 #[test]
 fn a_second_signal_stops_a_core_job_at_once_whether_it_sleeps_or_computes() {
-    for busy in ["sleep", "spin"] {
-        let sandbox = Sandbox::new();
-        let running = Running::start(
-            sandbox
-                .runner()
-                .args(["--grace", "10m", CORE_JOB, "linger", busy]),
-            Stdio::null(),
-        );
-        running.wait_for_line("ready");
-        running.signal(SIGTERM);
-        running.wait_for_line("stop seen");
-        let second = Instant::now();
-        running.signal(SIGINT);
-        let done = running.wait();
-        done.assert_code(130)
-            .assert_stderr("received SIGINT while stopping: stopping the job by force");
-        assert!(
-            second.elapsed() < Duration::from_secs(60),
-            "{busy}: {:?}",
-            second.elapsed()
-        );
-    }
+    assert_second_signal_forces_at_once(CORE_JOB, SIGTERM, "stop seen");
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::util::{
-    PATIENCE, Running, SIGHUP, SIGINT, SIGTERM, Sandbox, run, sdk_state, send_signal, wait_until,
+    PATIENCE, Running, SIGHUP, SIGINT, SIGTERM, Sandbox, assert_second_signal_forces_at_once, run,
+    sdk_state, send_signal, wait_until,
 };
 use test_guests::TESTJOB;
 
@@ -120,47 +121,7 @@ fn a_job_blocked_reading_stdin_is_stopped_at_the_deadline() {
 
 #[test]
 fn a_second_signal_forces_the_stop_at_once_whether_the_job_sleeps_or_computes() {
-    for busy in ["sleep", "spin"] {
-        let sandbox = Sandbox::new();
-        let running = Running::start(
-            sandbox
-                .runner()
-                .args(["--grace", "10m", TESTJOB, "linger", busy]),
-            Stdio::null(),
-        );
-        running.wait_for_line("ready");
-        running.signal(SIGINT);
-        running.wait_for_line("stop seen by pollable");
-        let second = Instant::now();
-        running.signal(SIGINT);
-        let done = running.wait();
-        done.assert_code(130);
-        assert!(
-            second.elapsed() < Duration::from_secs(60),
-            "{busy}: {:?}",
-            second.elapsed()
-        );
-        assert!(
-            done.stderr
-                .contains("received SIGINT while stopping: stopping the job by force"),
-            "{busy}: {}",
-            done.stderr
-        );
-        assert!(
-            !done.stderr.contains("did not stop within"),
-            "{}",
-            done.stderr
-        );
-        // The job never saved: nothing stands for the next run to resume from.
-        assert!(
-            done.stderr.contains(
-                "job stopped by force after SIGINT; it saved no checkpoint, so its next \
-                 run starts from the beginning (exit 130)"
-            ),
-            "{}",
-            done.stderr
-        );
-    }
+    assert_second_signal_forces_at_once(TESTJOB, SIGINT, "stop seen by pollable");
 }
 
 #[test]

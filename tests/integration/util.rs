@@ -489,6 +489,53 @@ pub fn assert_forced_after_grace(job: &str, mode: &str, signal: i32, code: i32, 
     );
 }
 
+/// Runs `job linger sleep|spin` (it sees the request, prints `seen`, then sleeps or
+/// computes on) with a grace of 10 minutes, asks it to stop with `first`, and checks that
+/// a SIGINT then stops it by force at once (130), saying so.
+pub fn assert_second_signal_forces_at_once(job: &str, first: i32, seen: &str) {
+    for busy in ["sleep", "spin"] {
+        let sandbox = Sandbox::new();
+        let running = Running::start(
+            sandbox
+                .runner()
+                .args(["--grace", "10m", job, "linger", busy]),
+            Stdio::null(),
+        );
+        running.wait_for_line("ready");
+        running.signal(first);
+        running.wait_for_line(seen);
+        let second = Instant::now();
+        running.signal(SIGINT);
+        let done = running.wait();
+        done.assert_code(130);
+        assert!(
+            second.elapsed() < Duration::from_secs(60),
+            "{busy}: {:?}",
+            second.elapsed()
+        );
+        assert!(
+            done.stderr
+                .contains("received SIGINT while stopping: stopping the job by force"),
+            "{busy}: {}",
+            done.stderr
+        );
+        assert!(
+            !done.stderr.contains("did not stop within"),
+            "{}",
+            done.stderr
+        );
+        // The job never saved: nothing stands for the next run to resume from.
+        assert!(
+            done.stderr.contains(
+                "job stopped by force after SIGINT; it saved no checkpoint, so its next \
+                 run starts from the beginning (exit 130)"
+            ),
+            "{}",
+            done.stderr
+        );
+    }
+}
+
 /// The workspace's root.
 pub fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
