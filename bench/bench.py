@@ -29,6 +29,11 @@ with --only):
            S3-compatible server, on loopback), against the local store, alternated.
   python   a Python job's start: first run, cached, precompiled; and a Python command's
            cached start under the runner and under `wasmtime run`.
+  js       a JavaScript job's start (first run, cached, precompiled), beside the Python
+           job's when both sections run; and (first repetition only, current build only)
+           the time `guest-sdk/js/build-job.mjs` takes to build examples/js-wordcount, and
+           the wordcount example in Rust, Python and JavaScript on the same 4.4 MB of text,
+           hyperfine.
   core     core modules (wasm32-wasip1), the same .wasm under the runner and under
            `wasmtime run`: a hello world's cached and precompiled start (spawn -> first
            output, exit, peak RSS), interleaved; and (first repetition only, current build
@@ -75,7 +80,9 @@ WASMTIME_CACHED_ROW = "wasmtime run, cached"
 WASMTIME_PRECOMPILED_ROW = "wasmtime run, precompiled (`wasmtime compile`)"
 CORE_WASMTIME_ROW = "wasmtime run count-primes.wasm, epoch interruption on (`-W timeout=1h`)"
 CORE_RUNNER_ROW = "runner count-primes.wasm (a plain wasip1 program)"
-SECTIONS = ["start", "request", "deadline", "compute", "output", "commit", "s3", "python", "core", "container"]
+SECTIONS = ["start", "request", "deadline", "compute", "output", "commit", "s3", "python", "js", "core", "container"]
+JS_BUILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "guest-sdk", "js", "build-job.mjs")
+JS_WORDCOUNT_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples", "js-wordcount", "wordcount.js")
 CONTAINER_USER = 65532
 KIB = 1024
 MIB = 1024 * 1024
@@ -173,6 +180,19 @@ def reread(paths):
             os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             while file.read(1 << 20):
                 pass
+
+
+def wordcount_text(seed, lines):
+    """The text of tests/integration/resume.rs's `write_text`: `lines` lines of ten words
+    `wN` (N below 500), from a linear congruential generator seeded with `seed`."""
+    state, out = seed, []
+    for _ in range(lines):
+        words = []
+        for _ in range(10):
+            state = (state * 6364136223846793005 + 1442695040888963407) % (1 << 64)
+            words.append(f"w{(state >> 33) % 500}")
+        out.append(" ".join(words) + ".\n")
+    return "".join(out)
 
 
 def child_env():
@@ -528,7 +548,7 @@ class Bench:
             output = check_run(argv, self.env, expect)
             answers.add(next(line for line in output.splitlines() if line.startswith(expect)))
         if len(answers) != 1:
-            sys.exit(f"bench: the primes programs disagree: {sorted(answers)}")
+            sys.exit(f"bench: the programs disagree: {sorted(answers)}")
         return answers.pop()
 
     def hyperfine_rounds(self, commands, rounds):
@@ -658,49 +678,95 @@ class Bench:
     # -- python
 
     def python(self, rep):
-        job, expect = self.args.python_hello, "hello from a Python job"
+        self.sdk_start("python", rep, self.args.python_hello, "hello from a Python job")
         command, command_expect = self.args.python_command, "hello from a Python command"
-        if self.once("python"):
-            for build in self.builds:
-                run_quiet([build.runner, "compile", job, "-o", os.path.join(build.work, "hello-py.cwasm")], self.env)
-                check_run(build.cached("--job-id", "bench-py-fill", job), self.env, expect)
-                if command:
+        if command:
+            if self.once("python-command"):
+                for build in self.builds:
                     check_run(build.cached(command), self.env, command_expect)
-            if command:
                 check_run(self.wasmtime(command), self.env, command_expect)
+            commands = {("runner, cached", build.name): lambda trial, b=build: b.cached(command) for build in self.builds}
+            commands[(WASMTIME_CACHED_ROW, PEER)] = lambda trial: self.wasmtime(command)
+            self.interleaved("python-command", commands, self.args.python_trials, command_expect)
+            self.extra["python_command_size"] = os.path.getsize(command)
+
+    def sdk_start(self, section, rep, job, expect):
+        """A job built with an SDK that embeds an interpreter (Python, JavaScript): its
+        first run (compiling), cached and precompiled starts, every build in turn."""
+        cwasm = f"hello-{section}.cwasm"
+        if self.once(section):
+            for build in self.builds:
+                run_quiet([build.runner, "compile", job, "-o", os.path.join(build.work, cwasm)], self.env)
+                check_run(build.cached("--job-id", f"bench-{section}-fill", job), self.env, expect)
+
         # A job that completed is not run again: every run is a job of its own.
         def job_id(build, trial, row):
-            return f"bench-py-{build.name}-{rep}-{row}-{trial}"
+            return f"bench-{section}-{build.name}-{rep}-{row}-{trial}"
 
         first = {}
         for build in self.builds:
-            caches = os.path.join(build.work, f"cache-python-first-{rep}")
+            caches = os.path.join(build.work, f"cache-{section}-first-{rep}")
             first[(FIRST_ROW, build.name)] = lambda trial, b=build, d=caches: b.run(
                 "--cache-dir", os.path.join(d, str(trial)), "--job-id", job_id(b, trial, "first"), job
             )
         self.log(
-            f"python #{rep + 1}: first run x {self.args.python_first_trials}, cached and precompiled x "
+            f"{section} #{rep + 1}: first run x {self.args.python_first_trials}, cached and precompiled x "
             f"{self.args.python_trials} per build"
         )
-        self.interleaved("python", first, self.args.python_first_trials, expect)
+        self.interleaved(section, first, self.args.python_first_trials, expect)
         for build in self.builds:
-            shutil.rmtree(os.path.join(build.work, f"cache-python-first-{rep}"), ignore_errors=True)
+            shutil.rmtree(os.path.join(build.work, f"cache-{section}-first-{rep}"), ignore_errors=True)
         rest = {}
         for build in self.builds:
             rest[(CACHED_ROW, build.name)] = lambda trial, b=build: b.cached(
                 "--job-id", job_id(b, trial, "cached"), job
             )
             rest[(PRECOMPILED_ROW, build.name)] = lambda trial, b=build: b.run(
-                "--no-cache", "--job-id", job_id(b, trial, "precompiled"), os.path.join(b.work, "hello-py.cwasm")
+                "--no-cache", "--job-id", job_id(b, trial, "precompiled"), os.path.join(b.work, cwasm)
             )
         self.reread_compiled()
-        self.interleaved("python", rest, self.args.python_trials, expect)
-        if command:
-            commands = {("runner, cached", build.name): lambda trial, b=build: b.cached(command) for build in self.builds}
-            commands[(WASMTIME_CACHED_ROW, PEER)] = lambda trial: self.wasmtime(command)
-            self.interleaved("python-command", commands, self.args.python_trials, command_expect)
-            self.extra["python_command_size"] = os.path.getsize(command)
-        self.extra["python_size"] = os.path.getsize(job)
+        self.interleaved(section, rest, self.args.python_trials, expect)
+        self.extra[f"{section}_size"] = os.path.getsize(job)
+
+    # -- js
+
+    def js(self, rep):
+        self.sdk_start("js", rep, self.args.js_hello, "hello from a JavaScript job")
+        if rep > 0:
+            return
+        # The build command's time, from the example's source to its component.
+        built = os.path.join(self.work, "js-wordcount-built.wasm")
+        seconds = []
+        for _ in range(3):
+            began = time.monotonic()
+            run_quiet(["node", JS_BUILD, JS_WORDCOUNT_SOURCE, "-o", built], self.env)
+            seconds.append(time.monotonic() - began)
+        self.extra["js_build_s"] = seconds
+        self.extra["js_wordcount_size"] = os.path.getsize(built)
+        # The wordcount twins on the same text: three files of 30,000 lines of ten words.
+        text = os.path.join(self.work, "wordcount-input")
+        os.makedirs(os.path.join(text, "nested"), exist_ok=True)
+        for name, seed in [("a.txt", 1), ("b.txt", 2), ("nested/c.txt", 3)]:
+            with open(os.path.join(text, name), "w") as out:
+                out.write(wordcount_text(seed, 30_000))
+        self.extra["wordcount_input_bytes"] = sum(
+            os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(text) for n in names
+        )
+        build = self.current
+        commands = {}
+        for name, job in [("Rust", self.args.wordcount), ("Python", self.args.python_wordcount),
+                          ("JavaScript", self.args.js_wordcount)]:
+            # --start-over: each run counts the whole text again.
+            commands[f"{name} (`{os.path.basename(job)}`)"] = build.cached(
+                "--job-id", f"bench-wordcount-{name}", "--start-over", "--dir", f"{text}::/input", job, "/input", "3"
+            )
+        answer = self.same_answer(commands, "900000 words")
+        self.log(f"js: hyperfine, {self.args.compute_runs} rounds of the three wordcounts")
+        times = self.hyperfine_rounds(commands, self.args.compute_runs)
+        for name, samples in times.items():
+            self.add("js-wordcount", name, PEER, "ms", samples)
+        self.extra["js_wordcount_rounds"] = list(times.values())
+        self.extra["wordcount_answer"] = answer
 
     def reread_compiled(self):
         """Puts every compiled job the runs will map (the builds' caches and `.cwasm`
@@ -713,7 +779,7 @@ class Bench:
         stable within the run. Read alike, they measure alike."""
         roots = [os.path.join(self.work, "wasmtime-cache")]
         for build in self.builds:
-            roots += [build.cache, os.path.join(build.work, "hello-py.cwasm")]
+            roots += [build.cache] + [os.path.join(build.work, f"hello-{s}.cwasm") for s in ("python", "js")]
         for root in roots:
             reread([root] if os.path.isfile(root) else [
                 os.path.join(directory, name) for directory, _, names in os.walk(root) for name in names
@@ -1199,6 +1265,69 @@ class Report:
                 "",
             ]
 
+    def section_js(self):
+        extra = self.bench.extra
+        self.lines += [
+            "## A JavaScript job's start",
+            "",
+            f"`bench/jobs/hello.js` (the JavaScript SDK, built with `guest-sdk/js/build-job.mjs`: componentize-js, a",
+            f"{extra['js_size'] / MIB:.1f} MiB component embedding SpiderMonkey) under the runner, measured as the Python",
+            "job is. Medians of the trials.",
+            "",
+        ]
+        self.start_table("js", "A JavaScript job's start")
+        rows = [(FIRST_ROW, "first run"), (CACHED_ROW, "cached"), (PRECOMPILED_ROW, "precompiled")]
+        if "python" in self.data:
+            self.lines += [
+                "Beside the Python job of the same run (`bench/jobs/hello.py`, "
+                f"{extra['python_size'] / MIB:.1f} MiB), current build, medians of the repetitions:",
+                "",
+                "| | JavaScript: first output (ms) | Python: first output (ms) | JS / Python | JavaScript: peak RSS (MiB) "
+                "| Python: peak RSS (MiB) | JS / Python |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for row, label in rows:
+                js_ms, py_ms = self.median("js", row, "current", "first", "median"), self.median(
+                    "python", row, "current", "first", "median"
+                )
+                js_rss, py_rss = self.median("js", row, "current", "rss", "median"), self.median(
+                    "python", row, "current", "rss", "median"
+                )
+                self.lines.append(
+                    f"| {label} | {fmt(js_ms)} | {fmt(py_ms)} | {ratio(js_ms, py_ms):.2f}x | {fmt(js_rss, 1)} | "
+                    f"{fmt(py_rss, 1)} | {ratio(js_rss, py_rss):.2f}x |"
+                )
+            self.lines.append("")
+        if "js-wordcount" not in self.data:
+            return
+        build_s = extra["js_build_s"]
+        mb = extra["wordcount_input_bytes"] / 1e6
+        self.lines += [
+            f"Build: `node guest-sdk/js/build-job.mjs examples/js-wordcount/wordcount.js -o ...` took "
+            f"{statistics.median(build_s):.1f} s (median of {len(build_s)}; {min(build_s):.1f}–{max(build_s):.1f}); "
+            f"the component is {extra['js_wordcount_size'] / MIB:.1f} MiB.",
+            "",
+            f"The wordcount example in its three languages on the same {mb:.1f} MB of text (`{extra['wordcount_answer']}`),",
+            f"cached, under the current runner, hyperfine, {self.args.compute_runs} rounds in which each runs once",
+            "(each run counts it all: `--start-over`). Milliseconds: median (min–max) of the rounds; the JavaScript",
+            "job runs in SpiderMonkey's interpreter (componentize-js's ahead-of-time mode needs weval, which its",
+            "npm package downloads from GitHub at build time).",
+            "",
+            "| | time (ms) | MB/s | / Rust | / Python |",
+            "|---|---|---|---|---|",
+        ]
+        c = self.data["js-wordcount"]
+        names = list(c)
+        rust, python = (self.median("js-wordcount", names[i], PEER, "ms", "median") for i in (0, 1))
+        for name in names:
+            stats = c[name][PEER]["ms"][0]
+            self.lines.append(
+                f"| {name} | {fmt(stats['median'], 0)} ({fmt(stats['min'], 0)}–{fmt(stats['max'], 0)}) | "
+                f"{mb / (stats['median'] / 1000):.2f} | {ratio(stats['median'], rust):.2f}x | "
+                f"{ratio(stats['median'], python):.2f}x |"
+            )
+        self.lines.append("")
+
     def section_core(self):
         trials = self.data["core"][CACHED_ROW]["current"]["first"][0]["n"]
         self.lines += [
@@ -1355,7 +1484,8 @@ def main():
                  "count-primes-native", "count-primes-native-nodivl", "benchjob", "raw-commit", "python-hello",
                  "python-command", "startup", "static-runner", "image-layout", "s3s-fs", "baseline-runner",
                  "baseline-static-runner", "baseline-image-layout", "control-runner", "control-static-runner",
-                 "control-image-layout", "core-hello", "core-count-primes", "c-primes"]:
+                 "control-image-layout", "core-hello", "core-count-primes", "c-primes", "js-hello", "js-wordcount",
+                 "python-wordcount", "wordcount"]:
         parser.add_argument(f"--{name}", help=f"path of {name}")
     parser.add_argument("--current-rev", help="what the runner was built from, for the report")
     parser.add_argument("--baseline-rev", help="what the baseline runner was built from, for the report")
@@ -1397,6 +1527,7 @@ def main():
         "commit": ["runner", "benchjob", "raw_commit"],
         "s3": ["runner", "benchjob", "s3s_fs"],
         "python": ["runner", "python_hello", "startup"],
+        "js": ["runner", "js_hello", "startup", "hyperfine", "wordcount", "python_wordcount", "js_wordcount"],
         "core": ["runner", "wasmtime", "hyperfine", "startup", "core_hello", "core_count_primes", "c_primes"],
         "container": ["image_layout", "static_runner"],
     }

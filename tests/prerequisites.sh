@@ -11,6 +11,8 @@
 #   example is built with the first, deploy/'s manifests are checked against the
 #   Kubernetes API schema with the second, the runner's metrics parsed as OpenMetrics
 #   with the third;
+# - componentize-js, esbuild and TypeScript in guest-sdk/js/node_modules (npm ci, at the
+#   versions of its package-lock.json), for the JavaScript example and test job;
 # - strace, which the crash tests use to inject faults into the real runner;
 # - s3s-fs, an S3-compatible server that honours conditional writes and keeps objects as
 #   files, which the S3 store's tests start (cargo install: about 2 minutes, once);
@@ -39,6 +41,7 @@ if ! s3s-fs --version 2>/dev/null | grep -qx "s3s-fs $s3s_fs"; then
         --features binary
 fi
 missing=""
+command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
 for tool in strace:strace musl-gcc:musl-tools runc:runc umoci:umoci buildah:buildah; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool#*:}"
 done
@@ -54,4 +57,13 @@ if [ -n "$missing" ]; then
         echo "the tests need:$missing; install them (Debian: apt-get install$missing)" >&2
         exit 1
     fi
+fi
+# Only when the lockfile changed: npm ci rewrites node_modules, and the guests' build
+# script, which watches guest-sdk/, would build every guest again. No install scripts:
+# the packages need none (esbuild's binary comes in its platform's package).
+lock=guest-sdk/js/package-lock.json
+installed=guest-sdk/js/node_modules/.runner-package-lock.json
+if ! cmp -s "$lock" "$installed" 2>/dev/null; then
+    (cd guest-sdk/js && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+    cp "$lock" "$installed"
 fi

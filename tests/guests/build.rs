@@ -79,6 +79,16 @@ const PYTHON_GUESTS: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// (JavaScript or TypeScript job, component file name, constant name)
+const JS_GUESTS: &[(&str, &str, &str)] = &[
+    (
+        "examples/js-wordcount/wordcount.js",
+        "js-wordcount.wasm",
+        "JS_WORDCOUNT",
+    ),
+    ("tests/jobs/js/testjob.ts", "js-testjob.wasm", "JS_TESTJOB"),
+];
+
 fn main() {
     let nested_cargo::Nested {
         workspace,
@@ -161,6 +171,14 @@ fn main() {
             path.display().to_string()
         ));
     }
+    for (job, file, name) in JS_GUESTS {
+        let path = out_dir.join(file);
+        build_js_job(&workspace, &workspace.join(job), &path);
+        constants.push_str(&format!(
+            "/// The path of `{job}` built into a component for this test build.\npub const {name}: &str = {:?};\n",
+            path.display().to_string()
+        ));
+    }
     std::fs::write(out_dir.join("guests.rs"), constants).expect("write guests.rs");
 }
 
@@ -181,6 +199,29 @@ fn build_python_job(workspace: &Path, job: &Path, output: &Path) {
         .arg(output)
         .status()
         .expect("cannot run guest-sdk/python/build_job.py");
+    assert!(
+        status.success(),
+        "building {} failed: {status}",
+        job.display()
+    );
+}
+
+/// Builds a JavaScript or TypeScript job with the SDK's build command, with the
+/// packages that `tests/prerequisites.sh` installs into `guest-sdk/js/node_modules`.
+fn build_js_job(workspace: &Path, job: &Path, output: &Path) {
+    let sdk = workspace.join("guest-sdk/js");
+    assert!(
+        sdk.join("node_modules").is_dir(),
+        "{} is missing: run `sh tests/prerequisites.sh`, which installs componentize-js there",
+        sdk.join("node_modules").display()
+    );
+    let status = Command::new("node")
+        .arg(sdk.join("build-job.mjs"))
+        .arg(job)
+        .arg("-o")
+        .arg(output)
+        .status()
+        .expect("cannot run node guest-sdk/js/build-job.mjs (is Node.js installed?)");
     assert!(
         status.success(),
         "building {} failed: {status}",

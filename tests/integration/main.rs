@@ -12,6 +12,7 @@ mod crash;
 mod deploy;
 mod durable;
 mod invalid;
+mod js;
 mod logs;
 mod metrics;
 mod outcomes;

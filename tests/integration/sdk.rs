@@ -16,7 +16,7 @@ use crate::util::{Running, SIGTERM, Sandbox, run, sdk_state, state_field};
 /// underscores, digits, CRLF, a last line without a newline, bytes that are not UTF-8,
 /// letters of several scripts, some of which change when lower-cased, combining marks
 /// and letter-like symbols (not word characters), and a symbolic link (not followed).
-fn tricky_input(sandbox: &Sandbox) -> PathBuf {
+pub fn tricky_input(sandbox: &Sandbox) -> PathBuf {
     let input = sandbox.path().join("tricky");
     fs::create_dir_all(input.join("deeper/still")).expect("mkdir");
     fs::write(
@@ -40,7 +40,7 @@ fn tricky_input(sandbox: &Sandbox) -> PathBuf {
     input
 }
 
-fn wordcount_args<'a>(job: &'a str, dir: &'a str, top: &'a str) -> [&'a str; 5] {
+pub fn wordcount_args<'a>(job: &'a str, dir: &'a str, top: &'a str) -> [&'a str; 5] {
     ["--dir", dir, job, "/input", top]
 }
 
