@@ -23,7 +23,8 @@ export const run = job((ctx) => {
   for (const line of ctx.batch(new Lines(files), { saveEvery: 1 })) {
     for (const [word] of line.matchAll(WORD)) {
       const lower = lowerCase(word);
-      counts[lower] = (counts[lower] ?? 0) + 1;
+      // Own properties only: `counts.constructor` is Object's.
+      counts[lower] = (Object.hasOwn(counts, lower) ? counts[lower] : 0) + 1;
     }
   }
 

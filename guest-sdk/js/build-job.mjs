@@ -6,9 +6,11 @@
 // JOB.js (or .mjs, .ts, .mts) is a module that exports `run = job((ctx) => ...)` from
 // "runner-job". It may import its own modules and packages from a node_modules
 // directory next to it; not Node's own modules (`fs`, `path`, ...): a job reads files
-// with the SDK's functions. A TypeScript job is type-checked and compiled with the SDK's
-// pinned TypeScript first. The result is bundled into one module with esbuild and made
-// a component with componentize-js (SpiderMonkey), against the `runner:job/job` world.
+// with the SDK's functions. A TypeScript job is type-checked (strict) with the SDK's
+// pinned TypeScript first. The job is bundled into one module with esbuild (which strips
+// TypeScript's types), with its source map appended for the SDK to name the job's own
+// lines in a stack, and made a component with componentize-js (SpiderMonkey), against
+// the `runner:job/job` world.
 //
 // Needs the packages of this directory's package-lock.json: `npm ci` here.
 
@@ -25,9 +27,11 @@ const WIT = resolve(SDK, "../../wit");
 const WORLD = "runner:job/job";
 const USAGE = "usage: node guest-sdk/js/build-job.mjs JOB.js|JOB.ts -o JOB.wasm";
 
+/** A build that cannot go on: the message says why. */
+class BuildError extends Error {}
+
 function fail(message) {
-  console.error(`build-job: ${message}`);
-  process.exit(1);
+  throw new BuildError(message);
 }
 
 /** The SDK's packages, or a message that says how to install them. */
@@ -36,36 +40,33 @@ async function load(name) {
     return await import(name);
   } catch (error) {
     if (error.code === "ERR_MODULE_NOT_FOUND") {
-      fail(`${name} is not installed: run \`npm ci\` in ${SDK}`);
+      fail(`${name} is not installed: run \`npm ci --ignore-scripts\` in ${SDK}`);
     }
     throw error;
   }
 }
 
-/** Type-checks and compiles a TypeScript job into `outDir`; the path of its JavaScript. */
-async function compileTypeScript(job, outDir) {
+/** Type-checks a TypeScript job (strict), as the job's author wrote it; esbuild then
+ * strips its types, from its own directory, where its modules and packages are. */
+async function typeCheck(job, jobArg) {
   const { default: ts } = await load("typescript");
-  const rootDir = dirname(job);
   const options = {
     target: ts.ScriptTarget.ES2022,
     module: ts.ModuleKind.ESNext,
     moduleResolution: ts.ModuleResolutionKind.Bundler,
+    // console, TextEncoder, performance...: the engine has most of the DOM's basics.
     lib: ["lib.es2023.d.ts", "lib.dom.d.ts"],
     types: [],
     strict: true,
     skipLibCheck: true,
-    noEmitOnError: true,
-    rootDir,
-    outDir,
-    sourceMap: true,
+    noEmit: true,
+    // What esbuild compiles file by file must mean the same.
+    isolatedModules: true,
+    allowImportingTsExtensions: true,
     paths: { "runner-job": [join(SDK, "runner-job.d.ts")] },
   };
   const program = ts.createProgram([job, join(SDK, "imports.d.ts")], options);
-  const emitted = program.emit();
-  const diagnostics = ts.sortAndDeduplicateDiagnostics([
-    ...ts.getPreEmitDiagnostics(program),
-    ...emitted.diagnostics,
-  ]);
+  const diagnostics = ts.getPreEmitDiagnostics(program);
   if (diagnostics.length > 0) {
     const host = {
       getCanonicalFileName: (name) => name,
@@ -74,9 +75,8 @@ async function compileTypeScript(job, outDir) {
     };
     const format = process.stderr.isTTY ? ts.formatDiagnosticsWithColorAndContext : ts.formatDiagnostics;
     process.stderr.write(format(diagnostics, host));
-    fail(`${relative(process.cwd(), job)} does not compile (TypeScript ${ts.version})`);
+    fail(`${jobArg} does not compile (TypeScript ${ts.version})`);
   }
-  return join(outDir, basename(job).replace(/\.(m?)ts$/, ".$1js"));
 }
 
 /** How a place in the bundle's source map is named in a stack: relative to the job's
@@ -137,17 +137,26 @@ component for \`runner\`. TypeScript (.ts, .mts) is type-checked first.`);
   const name = basename(job, extname(job));
   const output = resolve(parsed.values.output);
 
+  if (/\s/.test(tmpdir())) {
+    // componentize-js passes the scratch directory's paths to its engine space-separated.
+    fail(`the temporary directory \`${tmpdir()}\` has a space in its path: set TMPDIR to one without`);
+  }
+  if (/\.m?ts$/.test(job)) {
+    await typeCheck(job, jobArg);
+  }
+  const esbuild = await load("esbuild");
+  const { componentize } = await load("@bytecodealliance/componentize-js");
+
   const work = await mkdtemp(join(tmpdir(), "build-job-"));
+  const cwd = process.cwd();
   try {
-    const entry = /\.m?ts$/.test(job) ? await compileTypeScript(job, join(work, "ts")) : job;
-    const esbuild = await load("esbuild");
-    // One module: the job, its own modules and packages, and the SDK. The bundle is
-    // named after the job, so that stacks name it.
-    const bundle = join(work, "bundle", `${name}.js`);
+    // One module: the job, its own modules and packages, and the SDK, named as the SDK
+    // expects to see it in a stack.
+    const bundle = join(work, "job.js");
     let built;
     try {
       built = await esbuild.build({
-        entryPoints: [entry],
+        entryPoints: [job],
         outfile: bundle,
         bundle: true,
         format: "esm",
@@ -181,9 +190,11 @@ component for \`runner\`. TypeScript (.ts, .mts) is type-checked first.`);
       fail(`${jobArg} does not export \`run\`: end it with \`export const run = job((ctx) => { ... });\``);
     }
     await appendSourceMap(bundle, dirname(job));
-    const { componentize } = await load("@bytecodealliance/componentize-js");
     let component;
     try {
+      // componentize-js names the bundle in stacks relative to the working directory
+      // (and cuts its path wrong when the directory is a prefix of it, as `/` is).
+      process.chdir(work);
       ({ component } = await componentize({
         sourcePath: bundle,
         witPath: WIT,
@@ -196,8 +207,17 @@ component for \`runner\`. TypeScript (.ts, .mts) is type-checked first.`);
     }
     await writeFile(output, component);
   } finally {
+    process.chdir(cwd);
     await rm(work, { recursive: true, force: true });
   }
 }
 
-await main();
+try {
+  await main();
+} catch (error) {
+  if (!(error instanceof BuildError)) {
+    throw error;
+  }
+  console.error(`build-job: ${error.message}`);
+  process.exitCode = 1;
+}

@@ -23,11 +23,15 @@ export function compareCodePoints(a: string, b: string): number;
 
 /** Thrown by a batch when the runner asked the job to stop, after it saved the state;
  * let it through. */
-export class Stopped extends Error {}
+export class Stopped extends Error {
+  constructor();
+}
 
 /** A checkpoint was not saved; the state saved before is still the current one. */
+export type CheckpointErrorKind = "too-large" | "fenced" | "io" | "in-batch" | "encoding";
 export class CheckpointError extends Error {
-  readonly kind: "too-large" | "fenced" | "io" | "in-batch" | "encoding";
+  constructor(kind: CheckpointErrorKind, message: string);
+  readonly kind: CheckpointErrorKind;
 }
 
 export function shutdownRequested(): boolean;
@@ -43,7 +47,8 @@ export function waitFor(pollables: unknown[]): number | undefined;
 export function sleep(seconds: number): boolean;
 export function waitUntil(ready: () => boolean, interval: number): boolean;
 export function reportProgress(done: number, total?: number): void;
-/** Ends the job at once with `code` (0 to 255); nothing is saved. */
+/** Ends the job at once with `code` (0 to 255); nothing is saved (with 0, the outputs'
+ * pending writes are written first). */
 export function exit(code: number): never;
 /** The job's arguments, the first being the job file's name. */
 export function args(): string[];
@@ -97,6 +102,8 @@ export interface BatchOptions {
 }
 
 export class Ctx<S = Record<string, any>> {
+  /** The SDK makes it: a job gets it as its function's argument. */
+  private constructor();
   /** The state loaded from the last checkpoint, or the first run's. */
   state: S;
   /** Whether this run resumes from a checkpoint. */

@@ -34,7 +34,7 @@ import { poll } from "wasi:io/poll@0.2.12";
 import { getArguments, getEnvironment } from "wasi:cli/environment@0.2.12";
 import { exitWithCode } from "wasi:cli/exit@0.2.12";
 import { getDirectories } from "wasi:filesystem/preopens@0.2.12";
-import { LETTERS_AND_NUMBERS, UNICODE_VERSION } from "./unicode.js";
+import { CASED, CASE_IGNORABLE, LETTERS_AND_NUMBERS, UNICODE_VERSION } from "./unicode.js";
 
 /** Return it from a job when all the work is done: the runner exits 0. Returning
  * nothing means the same. */
@@ -53,33 +53,42 @@ const MAX_STRIDE = 1 << 10;
 const READ_CHUNK = 64 * 1024;
 // The most one blocking write may carry (wasi:io's streams promise 4096 bytes).
 const WRITE_CHUNK = 4096;
+// How much an output keeps before it writes.
+const OUTPUT_BUFFER = 64 * 1024;
 
+// The name of the module the build command bundles the job into, as stacks name it.
+const BUNDLE = "job.js";
 // The job's name in its checkpoints; the build command defines RUNNER_JOB_NAME.
 const JOB_NAME =
   // eslint-disable-next-line no-undef
   typeof RUNNER_JOB_NAME === "string" ? RUNNER_JOB_NAME : "job";
+
+/** The ranges of a table of unicode.js as what goes between the brackets of a regular
+ * expression with the `u` flag. */
+function rangesClass(table) {
+  return table
+    .split(",")
+    .map((range) => {
+      const [start, length = 0] = range.split("-").map((n) => parseInt(n, 36));
+      const first = `\\u{${start.toString(16)}}`;
+      return length === 0 ? first : `${first}-\\u{${(start + length).toString(16)}}`;
+    })
+    .join("");
+}
 
 /** Inside the brackets of a regular expression with the `u` flag, what `\p{L}\p{N}`
  * would match: Unicode's letters and numbers (`new RegExp(`[${LETTER_OR_NUMBER}]+`,
  * "gu")` matches words as the Rust and Python SDKs' examples split them). The job's
  * engine (SpiderMonkey without ICU) has no `\p{...}`: a regular expression with one is a
  * syntax error when the job is built. */
-export const LETTER_OR_NUMBER = LETTERS_AND_NUMBERS.split(",")
-  .map((range) => {
-    const [start, length = 0] = range.split("-").map((n) => parseInt(n, 36));
-    const first = `\\u{${start.toString(16)}}`;
-    return length === 0 ? first : `${first}-\\u{${(start + length).toString(16)}}`;
-  })
-  .join("");
+export const LETTER_OR_NUMBER = rangesClass(LETTERS_AND_NUMBERS);
 /** The Unicode version of `LETTER_OR_NUMBER`. */
 export { UNICODE_VERSION };
 
 /** `text` in lower case, as `toLowerCase` should give it: the job's engine (without
  * ICU) lower-cases each character alone, so a capital sigma at the end of a word becomes
  * "σ" where Unicode (and Rust's `to_lowercase`, Python's `lower`) say "ς". This applies
- * Unicode's Final_Sigma rule; cased and case-ignorable characters are approximated by
- * those that change case and by the combining marks and the apostrophe, period and
- * colon. */
+ * Unicode's Final_Sigma rule. */
 export function lowerCase(text) {
   const lower = text.toLowerCase();
   if (!text.includes("\u03a3")) {
@@ -91,18 +100,16 @@ export function lowerCase(text) {
     .join("");
 }
 
-const CASE_IGNORABLE = /^['.:\u00ad\u00b7\u2019\u0300-\u036f\u0483-\u0489\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]$/u;
+const IS_CASED = new RegExp(`^[${rangesClass(CASED)}]$`, "u");
+const IS_CASE_IGNORABLE = new RegExp(`^[${rangesClass(CASE_IGNORABLE)}]$`, "u");
 
-function isCased(char) {
-  return char.toLowerCase() !== char || char.toUpperCase() !== char;
-}
-
-/** Whether the sigma at `chars[i]` follows a cased letter and precedes none. */
+/** Whether the sigma at `chars[i]` follows a cased letter and precedes none (skipping
+ * case-ignorable characters both ways). */
 function isFinalSigma(chars, i) {
   const nearest = (from, step) => {
     for (let j = from; j >= 0 && j < chars.length; j += step) {
-      if (!CASE_IGNORABLE.test(chars[j])) {
-        return isCased(chars[j]);
+      if (!IS_CASE_IGNORABLE.test(chars[j])) {
+        return IS_CASED.test(chars[j]);
       }
     }
     return false;
@@ -213,10 +220,15 @@ export function reportProgress(done, total) {
   report(BigInt(Math.max(0, Math.floor(done))), total == null ? undefined : BigInt(Math.max(0, Math.floor(total))));
 }
 
-/** Ends the job at once; the runner exits with `code` (0 to 255). Nothing is saved. */
+/** Ends the job at once; the runner exits with `code` (0 to 255). Nothing is saved; with
+ * 0, the outputs' pending writes are written first. */
 export function exit(code) {
   if (!Number.isInteger(code) || code < 0 || code > 255) {
     throw new RangeError(`exit(${code}): the code is a whole number from 0 to 255`);
+  }
+  if (code === 0) {
+    // What the job wrote is its result; nothing is saved.
+    flushOutputs();
   }
   exitWithCode(code);
 }
@@ -248,15 +260,20 @@ function components(path) {
   return path.split("/").filter((part) => part !== "" && part !== ".");
 }
 
-/** The preopened directory `path` is in, and the path inside it. */
+/** The preopened directories, asked for once (each call makes new handles), when the
+ * job first uses a path. */
+let preopens;
+
+/** The preopened directory `path` is in, and the path inside it. The working directory
+ * is `/`, as for wasi-libc: `input/a.txt` is `/input/a.txt`. */
 function resolve(path) {
   const text = String(path);
-  const absolute = text.startsWith("/");
   const parts = components(text);
   let best;
-  for (const [descriptor, name] of getDirectories()) {
+  preopens ??= getDirectories();
+  for (const [descriptor, name] of preopens) {
     const prefix = components(name);
-    if (name.startsWith("/") !== absolute || prefix.length > parts.length) {
+    if (prefix.length > parts.length) {
       continue;
     }
     if (prefix.every((part, i) => parts[i] === part) && (!best || prefix.length > best.length)) {
@@ -305,8 +322,9 @@ export function stat(path, { followLinks = true } = {}) {
 export function readDir(path) {
   const dir = openFile(path, { directory: true }, { read: true });
   const entries = [];
+  let stream;
   try {
-    const stream = withPath(path, () => dir.readDirectory());
+    stream = withPath(path, () => dir.readDirectory());
     for (;;) {
       const entry = withPath(path, () => stream.readDirectoryEntry());
       if (entry === undefined) {
@@ -314,8 +332,10 @@ export function readDir(path) {
       }
       entries.push(entry);
     }
-    drop(stream);
   } finally {
+    if (stream) {
+      drop(stream);
+    }
     drop(dir);
   }
   return entries;
@@ -381,11 +401,12 @@ export function readFile(path) {
 
 /** The content of the file `path` as text (UTF-8; bytes that are not become U+FFFD). */
 export function readTextFile(path) {
-  return new TextDecoder().decode(readFile(path));
+  return new TextDecoder("utf-8", { ignoreBOM: true }).decode(readFile(path));
 }
 
 /** Replaces the content of the file `path` with `data` (a string is written as UTF-8),
- * creating it. Outside the output directory, nothing makes it survive a stop. */
+ * creating it. Not for results in the output directory, which a resumed run finds cut
+ * back to its checkpoint: append those through `ctx.output`. */
 export function writeFile(path, data) {
   const file = openFile(path, { create: true, truncate: true }, { write: true });
   try {
@@ -441,12 +462,14 @@ function withStream(path, action) {
 }
 
 /** A file in the output directory, opened by `ctx.output`: what `write` gives it is
- * kept in memory and written before each save, so that each checkpoint records what
- * the job wrote before it. */
+ * written when 64 KiB are pending and before each save, so that each checkpoint records
+ * what the job wrote before it (a resumed run finds the file cut back to its
+ * checkpoint's length). */
 class Output {
   constructor(path) {
     this.path = path;
     this.pending = [];
+    this.pendingLength = 0;
     this.closed = false;
     const file = openFile(path, { create: true }, { write: true });
     try {
@@ -465,22 +488,28 @@ class Output {
       throw new TypeError(`${this.path}: write takes a string or a Uint8Array`);
     }
     this.pending.push(data);
+    this.pendingLength += data.length;
+    if (this.pendingLength >= OUTPUT_BUFFER) {
+      this.flush();
+    }
   }
 
-  /** Writes what is pending now. */
+  /** Writes what is pending now. What a failed write left stays pending. */
   flush() {
     if (this.pending.length === 0) {
       return;
     }
-    const chunks = this.pending.map(bytes);
-    this.pending = [];
+    const data = concat(this.pending.map(bytes));
+    let at = 0;
     try {
-      for (const chunk of chunks) {
-        for (let at = 0; at < chunk.length; at += WRITE_CHUNK) {
-          withStream(this.path, () => this.stream.blockingWriteAndFlush(chunk.subarray(at, at + WRITE_CHUNK)));
-        }
+      for (; at < data.length; at += WRITE_CHUNK) {
+        withStream(this.path, () => this.stream.blockingWriteAndFlush(data.subarray(at, at + WRITE_CHUNK)));
       }
+      this.pending = [];
+      this.pendingLength = 0;
     } catch (error) {
+      this.pending = [data.subarray(at)];
+      this.pendingLength = data.length - at;
       throw new CheckpointError("io", `cannot write output \`${this.path}\`: ${error.message}`);
     }
   }
@@ -635,7 +664,8 @@ class LineSource {
 
   *items() {
     this.fileSizes();
-    const decoder = new TextDecoder();
+    // A byte order mark stays, as in Rust and Python, wherever a read starts.
+    const decoder = new TextDecoder("utf-8", { ignoreBOM: true });
     while (this.file < this.paths.length) {
       const path = this.paths[this.file];
       const handle = openFile(path, {}, { read: true });
@@ -909,18 +939,19 @@ export class Ctx {
     const batches = hasRunning ? [...this.ended, running] : [...this.ended];
     batches.push(...this.loaded.slice(batches.length));
     const saved = { state: this.state, batches, job: this.job };
+    let data;
+    try {
+      // First: it throws on a cycle, which would not end the walk below.
+      data = JSON.stringify(saved);
+    } catch (error) {
+      throw new CheckpointError("encoding", `the state is not JSON: ${error.message}`);
+    }
     const why = notJson(this.state, "state");
     if (why) {
       throw new CheckpointError(
         "encoding",
         `the state would not load back the same from JSON: ${why} (use plain objects, arrays, strings, finite numbers, booleans and null)`,
       );
-    }
-    let data;
-    try {
-      data = JSON.stringify(saved);
-    } catch (error) {
-      throw new CheckpointError("encoding", `the state is not JSON: ${error.message}`);
     }
     saveBytes(new TextEncoder().encode(data));
     this.lastSave = monotonicSeconds();
@@ -1028,7 +1059,7 @@ export class Ctx {
             sinceSave = 0;
           }
         }
-        if (saveEveryItems !== undefined && sinceSave >= saveEveryItems) {
+        if (saveEveryItems != null && sinceSave >= saveEveryItems) {
           this.save(resumeAt, true);
           sinceSave = 0;
         }
@@ -1047,7 +1078,13 @@ export class Ctx {
 /** The message the runner prints for a failed run: the error, its stack and causes. */
 function describe(error) {
   if (!(error instanceof Error)) {
-    return `uncaught ${typeof error === "string" ? error : (JSON.stringify(error) ?? String(error))}`;
+    let text;
+    try {
+      text = typeof error === "string" ? error : (JSON.stringify(error) ?? String(error));
+    } catch {
+      text = String(error);
+    }
+    return `uncaught ${text}`;
   }
   let text = `${error.name}: ${error.message}`;
   for (const frame of String(error.stack ?? "").split("\n")) {
@@ -1067,7 +1104,7 @@ function describe(error) {
 function sourcePlace(frame) {
   const map = globalThis[Symbol.for("runner-job.source-map")];
   const place = /@(.*):(\d+):(\d+)$/.exec(frame);
-  if (!map || !place || place[1] !== `${JOB_NAME}.js`) {
+  if (!map || !place || (place[1] !== BUNDLE && !place[1].endsWith(`/${BUNDLE}`))) {
     return frame;
   }
   const found = sourceAt(map, Number(place[2]) - 1, Number(place[3]) - 1);
@@ -1113,9 +1150,10 @@ function sourceAt(map, line, column) {
         source += fields[1];
         sourceLine += fields[2];
         sourceColumn += fields[3];
-        if (l === line && generated <= column) {
-          found = [source, sourceLine, sourceColumn];
-        }
+      }
+      if (l === line && generated <= column) {
+        // A segment without a source maps the code from it on to nothing.
+        found = fields.length >= 4 ? [source, sourceLine, sourceColumn] : undefined;
       }
     }
   }

@@ -22,6 +22,12 @@ use crate::util::{
 fn js_wordcount_prints_what_the_rust_and_python_wordcounts_print() {
     let sandbox = Sandbox::new();
     let input = tricky_input(&sandbox);
+    // Words that name what every JavaScript object has.
+    fs::write(
+        input.join("object.txt"),
+        "constructor toString hasOwnProperty valueOf constructor __proto__ prototype Constructor\n",
+    )
+    .expect("write");
     let dir = format!("{}::/input", input.display());
     let mut outputs = Vec::new();
     for (id, job) in [
@@ -46,14 +52,14 @@ fn js_wordcount_prints_what_the_rust_and_python_wordcounts_print() {
 #[test]
 fn js_wordcount_stopped_and_resumed_prints_what_an_uninterrupted_run_prints() {
     let sandbox = Sandbox::new();
-    // About 4.4 MB: seconds of counting for the JavaScript job (an interpreter: about a
+    // About 7 MB: some 6 s of counting for the JavaScript job (an interpreter: about a
     // fifth of the Python job's speed), which saves every second.
-    let input = big_input(&sandbox, 30_000);
+    let input = big_input(&sandbox, 50_000);
     let output = wordcount_stopped_twice(
         &sandbox,
         JS_WORDCOUNT,
         &input,
-        "900000 words, 500 distinct, in 3 files",
+        "1500000 words, 500 distinct, in 3 files",
     );
     let dir = format!("{}::/input", input.display());
     for (id, job) in [("rust", WORDCOUNT), ("python", PYTHON_WORDCOUNT)] {
@@ -78,6 +84,139 @@ fn js_wordcount_stopped_and_resumed_prints_what_an_uninterrupted_run_prints() {
         ),
         (2, last)
     );
+}
+
+/// `Lines` gives the file's lines as its bytes hold them, wherever its reads of 64 KiB
+/// end: inside a character, between `\r` and `\n`, at the start of a line that begins
+/// with a byte order mark (kept, as in Rust and Python); bytes that are not UTF-8 become
+/// U+FFFD; the last line may lack its newline.
+#[test]
+fn js_lines_are_the_lines_of_the_bytes_wherever_a_read_ends() {
+    const READ: usize = 64 * 1024;
+    let sandbox = Sandbox::new();
+    let mut bytes = "\u{feff}first line\r\n".as_bytes().to_vec();
+    let pad_to = |bytes: &mut Vec<u8>, at: usize| {
+        while bytes.len() < at - 100 {
+            bytes.extend_from_slice(b"filler words, and more of them\n");
+        }
+        bytes.extend(std::iter::repeat_n(b'x', at - bytes.len()));
+    };
+    // "é" across the first read's end, `\r\n` across the second's, a line with a byte
+    // order mark starting the fourth.
+    pad_to(&mut bytes, READ - 1);
+    bytes.extend_from_slice("é and on\n".as_bytes());
+    pad_to(&mut bytes, 2 * READ - 1);
+    bytes.extend_from_slice(b"\r\n");
+    pad_to(&mut bytes, 3 * READ - 1);
+    bytes.extend_from_slice(b"\n");
+    bytes.extend_from_slice("\u{feff}marked\n".as_bytes());
+    bytes.extend_from_slice(b"bad \xff\xfe bytes \xe2\x82 cut\r in the middle\n");
+    bytes.extend_from_slice("no newline at the end: ✓".as_bytes());
+    let data = sandbox.path().join("data");
+    fs::create_dir_all(&data).expect("mkdir");
+    fs::write(data.join("lines.txt"), &bytes).expect("write");
+
+    let done = run(sandbox
+        .runner()
+        .arg("--dir")
+        .arg(format!("{}::/data", data.display()))
+        .args([JS_TESTJOB, "lines", "/data/lines.txt"]));
+    done.assert_code(0);
+    let mut expected = String::new();
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let last = lines.pop().expect("a last line");
+    for line in lines {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        expected += &format!(
+            "{}\n",
+            serde_json::Value::from(String::from_utf8_lossy(line))
+        );
+    }
+    expected += &format!(
+        "{}\n",
+        serde_json::Value::from(String::from_utf8_lossy(last))
+    );
+    let differ = done
+        .stdout
+        .lines()
+        .zip(expected.lines())
+        .position(|(got, want)| got != want);
+    assert!(
+        done.stdout == expected,
+        "the lines differ from line {differ:?} on (of {} and {})",
+        done.stdout.lines().count(),
+        expected.lines().count()
+    );
+}
+
+/// The build command as a user runs it: from any directory (here `/`), on a job whose
+/// name has a space, in TypeScript importing a module of its own; a stack names that
+/// module's lines; a job that does not type-check is refused with TypeScript's message;
+/// and no build leaves its scratch files behind.
+#[test]
+fn the_build_command_builds_a_typescript_job_from_anywhere_and_cleans_up() {
+    let sandbox = Sandbox::new();
+    let dir = sandbox.path().join("my jobs");
+    let scratch = sandbox.path().join("tmp");
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::create_dir_all(&scratch).expect("mkdir");
+    let helper = "export function check(word: string): string {\n  if (word === \"bad\") {\n    throw new RangeError(`bad word: ${word}`);\n  }\n  return word.toUpperCase();\n}\n";
+    fs::write(dir.join("helper.ts"), helper).expect("write");
+    fs::write(
+        dir.join("shout it.ts"),
+        "import { args, job } from \"runner-job\";\nimport { check } from \"./helper\";\n\nexport const run = job(() => {\n  console.log(check(args()[1] ?? \"\"));\n});\n",
+    )
+    .expect("write");
+    let build = |job: &str, output: &std::path::Path| {
+        let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-sdk/js/build-job.mjs");
+        std::process::Command::new("node")
+            .current_dir("/")
+            .env("TMPDIR", &scratch)
+            .arg(sdk)
+            .arg(dir.join(job))
+            .arg("-o")
+            .arg(output)
+            .output()
+            .expect("run node")
+    };
+    let wasm = sandbox.path().join("shout.wasm");
+    let built = build("shout it.ts", &wasm);
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let wasm = wasm.to_str().expect("a UTF-8 path");
+    let shouted = run(sandbox.runner().args(["--job-id", "one", wasm, "quiet"]));
+    shouted.assert_code(0);
+    assert_eq!(shouted.stdout, "QUIET\n");
+    let thrown = run(sandbox.runner().args(["--job-id", "two", wasm, "bad"]));
+    thrown
+        .assert_code(1)
+        .assert_stderr("RangeError: bad word: bad\n    at check@helper.ts:3:")
+        .assert_stderr("@shout it.ts:5:");
+
+    fs::write(
+        dir.join("wrong.ts"),
+        "import { job } from \"runner-job\";\nexport const run = job(() => {\n  const n: number = \"one\";\n  console.log(n);\n});\n",
+    )
+    .expect("write");
+    let refused = build("wrong.ts", &sandbox.path().join("wrong.wasm"));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "wrong.ts(3,9): error TS2322: Type 'string' is not assignable to type 'number'."
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("wrong.ts does not compile (TypeScript 5.9.3)"),
+        "{stderr}"
+    );
+    assert!(!sandbox.path().join("wrong.wasm").exists());
+    let left: Vec<_> = fs::read_dir(&scratch).expect("read tmp").collect();
+    assert!(left.is_empty(), "the builds left {left:?}");
 }
 
 /// The line of `text` (from 1) holding `needle`.

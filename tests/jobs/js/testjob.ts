@@ -1,7 +1,7 @@
 // The JavaScript (TypeScript) job the integration tests run: `testjob.wasm MODE [ARG...]`.
 // Its modes mirror those of the Rust and Python test jobs where the tests run them all.
 
-import { args, exit, job, range, sleep, waitForShutdown } from "runner-job";
+import { Lines, args, exit, job, range, sleep, waitForShutdown } from "runner-job";
 import { subscribeDuration } from "wasi:clocks/monotonic-clock@0.2.12";
 
 interface State {
@@ -38,6 +38,13 @@ export const run = job<State>(
         for (const line of ctx.batch(range(1, n + 1), { saveEveryItems: 100 })) {
           out.write(`${line}\n`);
           sleep(0.003);
+        }
+        return;
+      }
+      case "lines": {
+        // Prints each line of the files PATH... as a JSON string.
+        for (const line of ctx.batch(new Lines(rest))) {
+          console.log(JSON.stringify(line));
         }
         return;
       }
