@@ -1,4 +1,4 @@
-//! Chaos: `sequence` and `primes` under repeated random interruptions (SIGTERM with a
+//! Chaos: `sequence` (in Rust, Python and JavaScript) and `primes` under repeated random interruptions (SIGTERM with a
 //! random grace, zero included; SIGKILL at random instants; SIGKILL in the middle of a
 //! commit), restarted until they complete, then checked record by record; and `primes`
 //! so with its checkpoints in a bucket (SIGKILL at a request, as a commit's record is
@@ -273,12 +273,23 @@ fn chaos_sequence() {
 /// plain `open`.
 #[test]
 fn chaos_python_sequence() {
-    chaos_of_sequence("python-sequence", Duration::from_millis(2000), |sandbox| {
+    chaos_of_test_job_sequence("python-sequence", test_guests::PYTHON_TESTJOB);
+}
+
+/// The JavaScript test job's `sequence`, which writes through `ctx.output`.
+#[test]
+fn chaos_js_sequence() {
+    chaos_of_test_job_sequence("js-sequence", test_guests::JS_TESTJOB);
+}
+
+/// `job sequence LINES` (a test job's mode) with the sandbox's output directory.
+fn chaos_of_test_job_sequence(name: &str, job: &str) {
+    chaos_of_sequence(name, Duration::from_millis(2000), |sandbox| {
         let mut command = sandbox.runner();
         command
             .args(["--job-id", "sequence", "--output"])
             .arg(sandbox.output_dir())
-            .args([test_guests::PYTHON_TESTJOB, "sequence", &LINES.to_string()]);
+            .args([job, "sequence", &LINES.to_string()]);
         command
     });
 }
