@@ -163,24 +163,25 @@ fn main() {
             path.display().to_string()
         ));
     }
-    for (job, file, name) in PYTHON_GUESTS {
-        let path = out_dir.join(file);
-        build_python_job(&workspace, &workspace.join(job), &path);
-        constants.push_str(&format!(
-            "/// The path of `{job}` built into a component for this test build.\npub const {name}: &str = {:?};\n",
-            path.display().to_string()
-        ));
-    }
-    for (job, file, name) in JS_GUESTS {
-        let path = out_dir.join(file);
-        build_js_job(&workspace, &workspace.join(job), &path);
-        constants.push_str(&format!(
-            "/// The path of `{job}` built into a component for this test build.\npub const {name}: &str = {:?};\n",
-            path.display().to_string()
-        ));
+    // The jobs built with an SDK's build command.
+    let sdk_jobs: [(_, BuildJob); 2] =
+        [(PYTHON_GUESTS, build_python_job), (JS_GUESTS, build_js_job)];
+    for (guests, build) in sdk_jobs {
+        for (job, file, name) in guests {
+            let path = out_dir.join(file);
+            build(&workspace, &workspace.join(job), &path);
+            constants.push_str(&format!(
+                "/// The path of `{job}` built into a component for this test build.\npub const {name}: &str = {:?};\n",
+                path.display().to_string()
+            ));
+        }
     }
     std::fs::write(out_dir.join("guests.rs"), constants).expect("write guests.rs");
 }
+
+/// Builds the job at the second path into the component at the third, from the workspace
+/// at the first.
+type BuildJob = fn(&Path, &Path, &Path);
 
 /// Builds a Python job with the SDK's build script, with the componentize-py that
 /// `tests/prerequisites.sh` installs into `.venv`.
