@@ -227,9 +227,16 @@ pub struct RunArgs {
     pub dirs: Vec<DirMapping>,
 
     /// Set an environment variable for the job; NAME alone passes the runner's own
-    /// value. May be repeated. The job sees no other variables.
+    /// value. May be repeated. The job sees no other variables, unless --inherit-env.
     #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = utf8(parse_env))]
     pub envs: Vec<EnvSetting>,
+
+    /// Pass the runner's whole environment to the job (a Kubernetes `envFrom`), except
+    /// the runner's own settings (RUNNER_*) and the credentials it uses itself (AWS_*),
+    /// which a job should not see unless given one by one with --env; --env values win.
+    /// Variables that are not UTF-8 are left out.
+    #[arg(long)]
+    pub inherit_env: bool,
 
     /// The job, then the arguments it gets: a component of the runner:job/job world, a
     /// WASI 0.2 command component, or a core module (a wasm32-wasip1 program, a job if
@@ -242,6 +249,22 @@ pub struct RunArgs {
         allow_hyphen_values = true
     )]
     pub job_and_args: Vec<OsString>,
+}
+
+/// The prefixes of the variables `--inherit-env` keeps from the job: the runner's own
+/// settings, and the credentials it uses for a bucket (the AWS SDK's variables).
+const NOT_INHERITED: [&str; 2] = ["RUNNER_", "AWS_"];
+
+/// The runner's environment as `--inherit-env` gives it to the job: without the
+/// variables of [`NOT_INHERITED`], those that are not UTF-8, and those `settings` set.
+fn inherited_env(settings: &[EnvSetting]) -> Vec<(String, String)> {
+    env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .filter(|(name, _)| {
+            !NOT_INHERITED.iter().any(|prefix| name.starts_with(prefix))
+                && !settings.iter().any(|setting| setting.name == *name)
+        })
+        .collect()
 }
 
 /// An `--env` setting as given: a value, or a name to pass from the runner's environment.
@@ -322,7 +345,11 @@ impl RunArgs {
             );
         }
 
-        let mut env = Vec::with_capacity(self.envs.len());
+        let mut env = if self.inherit_env {
+            inherited_env(&self.envs)
+        } else {
+            Vec::with_capacity(self.envs.len())
+        };
         for setting in self.envs {
             let value = match setting.value {
                 Some(value) => value,

@@ -1,7 +1,7 @@
 //! How a job that runs to its end ends: the exit codes of the table in DESIGN.md.
 
 use crate::util::{Sandbox, run};
-use test_guests::{PRIMES, TESTJOB};
+use test_guests::{CORE_COMMAND, PRIMES, TESTJOB};
 
 #[test]
 fn a_job_that_completes_exits_0_with_its_output() {
@@ -73,6 +73,61 @@ fn arguments_and_environment_reach_the_job_and_nothing_else() {
         "{}",
         done.stdout
     );
+}
+
+/// `--inherit-env` passes the runner's environment, but not its own settings nor the
+/// credentials it uses (RUNNER_*, AWS_*) unless named with `--env`, whose values win;
+/// the same for a core module.
+#[test]
+fn inherit_env_passes_the_environment_but_the_runners_settings_and_credentials() {
+    let sandbox = Sandbox::new();
+    let inherited = |job: &str, args: &[&str]| {
+        let mut command = sandbox.runner();
+        command
+            .env("FROM_RUNNER", "passed")
+            .env("OVERRIDDEN", "inherited")
+            .env("AWS_SECRET_ACCESS_KEY", "secret")
+            .env("AWS_REGION", "eu-west-3")
+            .env("RUNNER_LOG_FORMAT", "text")
+            .args([
+                "--inherit-env",
+                "--env",
+                "OVERRIDDEN=given",
+                "--env",
+                "AWS_REGION",
+            ])
+            .arg(job)
+            .args(args);
+        run(&mut command)
+    };
+    let done = inherited(TESTJOB, &["args"]);
+    done.assert_code(0);
+    let env = done
+        .stdout
+        .lines()
+        .find(|line| line.starts_with("env="))
+        .expect("the job's environment");
+    for wanted in [
+        r#"("FROM_RUNNER", "passed")"#,
+        r#"("OVERRIDDEN", "given")"#,
+        r#"("AWS_REGION", "eu-west-3")"#,
+        r#"("PATH", "#,
+    ] {
+        assert!(env.contains(wanted), "{wanted}: {env}");
+    }
+    for unwanted in ["inherited", "AWS_SECRET_ACCESS_KEY", "RUNNER_"] {
+        assert!(!env.contains(unwanted), "{unwanted}: {env}");
+    }
+    assert_eq!(env.matches("\"OVERRIDDEN\"").count(), 1, "{env}");
+    for (name, shown) in [
+        ("FROM_RUNNER", "FROM_RUNNER=passed"),
+        ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY is not set"),
+        ("RUNNER_LOG_FORMAT", "RUNNER_LOG_FORMAT is not set"),
+    ] {
+        let core = inherited(CORE_COMMAND, &["env", name]);
+        core.assert_code(0);
+        assert_eq!(core.stdout, format!("{shown}\n"));
+    }
 }
 
 #[test]
