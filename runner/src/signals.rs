@@ -45,13 +45,18 @@ impl Held {
 }
 
 /// When the first stop signal arrived: nanoseconds after [`CLOCK_ZERO`], 0 before one
-/// did; and which signal it was. Noted by a signal handler of its own, because the task
-/// that turns the signal into a request may get a CPU only milliseconds later: the
-/// signal interrupts the thread running the job, and the runtime thread it wakes can
-/// wait a scheduler tick behind a job that computes. The grace period counts from the
-/// arrival, and the job's calls see the request from then ([`catch_up`]).
+/// did. Noted by a signal handler of its own, because the task that turns the signal
+/// into a request may get a CPU only milliseconds later: the signal interrupts the
+/// thread running the job, and the runtime thread it wakes can wait a scheduler tick
+/// behind a job that computes. The grace period counts from the arrival, and the job's
+/// calls see the request from then ([`catch_up`]).
 static FIRST_ARRIVAL_NS: AtomicU64 = AtomicU64::new(0);
-static FIRST_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The first two stop signals that arrived, in the order they did (0: none yet).
+static SIGNALS: [AtomicI32; 2] = [AtomicI32::new(0), AtomicI32::new(0)];
+/// How many stop signals have arrived. Counted here because deliveries cannot be:
+/// signal-hook delivers pending signals by number, not in the order they came, and one
+/// signal that comes twice before the delivery is delivered once ([`forward`]).
+static ARRIVALS: AtomicU64 = AtomicU64::new(0);
 static CLOCK_ZERO: OnceLock<Instant> = OnceLock::new();
 
 /// Installs the runner's signal handlers. Call it first thing, inside the tokio runtime:
@@ -69,11 +74,19 @@ pub fn install() -> io::Result<Signals> {
 fn note_arrivals(signal: i32, zero: Instant) -> io::Result<()> {
     let action = move || {
         let nanos = u64::try_from(zero.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        let first =
+        let _ =
             FIRST_ARRIVAL_NS.compare_exchange(0, nanos.max(1), Ordering::AcqRel, Ordering::Relaxed);
-        if first.is_ok() {
-            FIRST_SIGNAL.store(signal, Ordering::Release);
+        // The signal before the count, so that a reader of the count finds it (a
+        // handler interrupted by another one's takes the next slot).
+        for slot in &SIGNALS {
+            if slot
+                .compare_exchange(0, signal, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                break;
+            }
         }
+        ARRIVALS.fetch_add(1, Ordering::AcqRel);
     };
     // SAFETY: the action runs inside a signal handler, and only reads the monotonic clock
     // (clock_gettime, async-signal-safe) and does arithmetic and atomic operations: it
@@ -106,22 +119,38 @@ pub fn catch_up(shutdown: &Arc<Shutdown>) -> bool {
         return false;
     };
     // Stored just after the arrival: a reader in between takes the runtime's path.
-    let Some(reason) = reason(FIRST_SIGNAL.load(Ordering::Acquire)) else {
+    let Some(reason) = reason(SIGNALS[0].load(Ordering::Acquire)) else {
         return false;
     };
     shutdown.request_on_arrival(reason, arrived);
     true
 }
 
-/// Turns each signal into a shutdown request, for as long as the run lasts.
+/// Turns each stop signal into a shutdown request, for as long as the run lasts.
+///
+/// The requests follow the arrivals the handler counted, not the deliveries: a SIGINT
+/// that came after a SIGTERM may be delivered first, and a second SIGTERM that came
+/// before the first was delivered is not delivered again. Each delivery makes the
+/// requests of the arrivals not made yet (none, if an earlier delivery made them), the
+/// first two with their own signals.
 pub async fn forward(mut signals: Signals, shutdown: Arc<Shutdown>) {
+    let mut made = 0;
     while let Some(signal) = signals.next().await {
         match reason(signal) {
             // A core-dump request: no grace, the summary still written.
             Some(StopReason::Quit) => shutdown.quit(),
-            // Only a first request uses the time: the first signal's arrival is its own.
-            Some(reason) => {
-                shutdown.request_since(reason, first_arrival().unwrap_or_else(Instant::now));
+            Some(delivered) => {
+                // Counted before the delivery: the handlers run in that order.
+                let arrived = ARRIVALS.load(Ordering::Acquire);
+                for arrival in made..arrived {
+                    let reason = SIGNALS
+                        .get(arrival as usize)
+                        .and_then(|slot| reason(slot.load(Ordering::Acquire)))
+                        .unwrap_or(delivered);
+                    // Only a first request uses the time: the first arrival is its own.
+                    shutdown.request_since(reason, first_arrival().unwrap_or_else(Instant::now));
+                }
+                made = arrived;
             }
             None => {}
         }
