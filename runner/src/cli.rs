@@ -13,6 +13,8 @@ use crate::checkpoint::{JobId, Location};
 use crate::host::DirMapping;
 use crate::human::{parse_duration, parse_size};
 use crate::log::LogFormat;
+use crate::memory::{self, MaxMemory};
+use crate::net::Rule;
 use crate::outcome::EXIT_CODES;
 
 /// Runs a batch job compiled to WebAssembly, and stops it cleanly.
@@ -231,6 +233,27 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = utf8(parse_env))]
     pub envs: Vec<EnvSetting>,
 
+    /// Let the job reach RULE over the network (TCP and UDP through wasi:sockets): a
+    /// host name (`db.internal`, `*.example.com`), an IP address or a CIDR block
+    /// (`10.0.0.0/8`, `[fd00::/8]`), each with `:PORT` or `:FIRST-LAST` or every port,
+    /// or `*` for everything. May be repeated; $RUNNER_ALLOW_NET takes a comma-separated
+    /// list. Checked on every connect, bind, listen and send; a name lookup is answered
+    /// only for the host names listed, and reaches only the addresses it returns.
+    /// Without it the job has no network at all.
+    #[arg(long = "allow-net", value_name = "RULE", env = "RUNNER_ALLOW_NET",
+          value_delimiter = ',', value_parser = utf8(parse_rule))]
+    pub allow_net: Vec<Rule>,
+
+    /// The most memory the job may have: its linear memories and tables, all its
+    /// instances together (512MiB, 2GiB...); `none` for no limit. A job that asks for
+    /// more gets a failed allocation (it traps, exit 134, or fails on its own terms), and
+    /// the runner says which limit it hit. Default: in a cgroup with a memory limit (a
+    /// container with limits.memory), that limit less 64 MiB for the runner itself, so
+    /// that the job, not the runner, runs out and the OOM killer is not needed; else none.
+    #[arg(long, value_name = "SIZE|none", env = "RUNNER_MAX_MEMORY",
+          value_parser = utf8(parse_max_memory))]
+    pub max_memory: Option<MemoryFlag>,
+
     /// Pass the runner's whole environment to the job (a Kubernetes `envFrom`), except
     /// the runner's own settings (RUNNER_*) and the credentials it uses itself (AWS_*),
     /// which a job should not see unless given one by one with --env; --env values win.
@@ -265,6 +288,29 @@ fn inherited_env(settings: &[EnvSetting]) -> Vec<(String, String)> {
                 && !settings.iter().any(|setting| setting.name == *name)
         })
         .collect()
+}
+
+fn parse_rule(text: &str) -> Result<Rule, String> {
+    text.trim().parse()
+}
+
+/// `--max-memory` as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryFlag {
+    /// At most this many bytes.
+    Bytes(u64),
+    /// `none`: no limit, not even the cgroup's.
+    Unlimited,
+}
+
+fn parse_max_memory(text: &str) -> Result<MemoryFlag, String> {
+    if text == "none" {
+        return Ok(MemoryFlag::Unlimited);
+    }
+    match parse_size(text)? {
+        0 => Err("0 leaves the job no memory (`none` sets no limit)".to_owned()),
+        bytes => Ok(MemoryFlag::Bytes(bytes)),
+    }
 }
 
 /// An `--env` setting as given: a value, or a name to pass from the runner's environment.
@@ -307,6 +353,10 @@ pub struct RunConfig {
     pub cache_max: u64,
     /// Where to serve metrics, if anywhere.
     pub metrics_addr: Option<String>,
+    /// The most memory the job may have, if it is limited.
+    pub max_memory: Option<MaxMemory>,
+    /// What the job may reach over the network.
+    pub allow_net: Vec<Rule>,
 }
 
 impl RunArgs {
@@ -393,6 +443,15 @@ impl RunArgs {
             cache_dir,
             cache_max: self.cache_max,
             metrics_addr: self.metrics_addr,
+            allow_net: self.allow_net,
+            max_memory: match self.max_memory {
+                Some(MemoryFlag::Bytes(bytes)) => Some(MaxMemory {
+                    bytes,
+                    source: memory::Source::Flag,
+                }),
+                Some(MemoryFlag::Unlimited) => None,
+                None => memory::cgroup_limit().and_then(MaxMemory::from_cgroup),
+            },
         })
     }
 }

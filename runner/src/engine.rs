@@ -50,8 +50,12 @@ pub fn for_run(shutdown: &Shutdown) -> Result<Engine> {
 /// MiB, and counts a list the host only views, as `save` does): a save of up to
 /// [`MAX_STATE_LEN`](crate::checkpoint::MAX_STATE_LEN) bytes reaches the store, and a
 /// larger one up to that bound gets `too-large`.
+///
+/// Its memories and tables grow only as far as the job's [`Limiter`](crate::memory::Limiter)
+/// allows.
 pub fn new_store(engine: &Engine, data: JobState) -> wasmtime::Store<JobState> {
     let mut store = wasmtime::Store::new(engine, data);
+    store.limiter(|state| state.limiter());
     store.set_hostcall_fuel(usize::try_from(MAX_RECORD_LEN).unwrap_or(usize::MAX));
     store.set_epoch_deadline(1);
     store.epoch_deadline_trap();

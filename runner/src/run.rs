@@ -19,6 +19,8 @@ use crate::engine::{self, Entry, LoadedJob};
 use crate::host::{self, JobState, Saves};
 use crate::human::{format_duration, hex, unix_ms, whole_ms};
 use crate::log::Activity;
+use crate::memory::Limiter;
+use crate::net::AllowList;
 use crate::outcome::{Outcome, StopReason};
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
@@ -69,6 +71,7 @@ impl Run {
             &config.args,
             &config.env,
             config.dirs.iter().chain(&config.output),
+            &config.allow_net,
             clock_zero,
         )?;
         let engine = engine::for_run(&self.shutdown)?;
@@ -216,7 +219,7 @@ impl Run {
         engine: &Engine,
         job: &LoadedJob,
         owned: Owned,
-        wasi: WasiP1Ctx,
+        wasi: (WasiP1Ctx, Arc<AllowList>),
         clock_zero: Instant,
     ) -> Result<wasmtime::Store<JobState>> {
         if let Some(record) = &owned.record {
@@ -249,6 +252,7 @@ impl Run {
             Arc::clone(&self.shutdown),
             Arc::clone(&self.status),
             saves,
+            Limiter::new(self.config.max_memory.clone()),
         )?;
         Ok(engine::new_store(engine, state))
     }
@@ -270,6 +274,21 @@ impl Run {
             Ok(Ok(Outcome::JobFailed(message))) => Outcome::JobFailed(self.explain(&message)),
             Ok(Ok(outcome)) => outcome,
             Ok(Err(error)) => self.classify_error(error),
+        };
+        // A job that failed after its memory limit refused it: the limit is the likely
+        // cause, and what to raise goes first (a trap's backtrace follows).
+        let outcome = match (outcome, instance.data().memory_refusal()) {
+            (Outcome::Trapped(message), Some(refusal)) => {
+                Outcome::Trapped(format!("{refusal}\n{message}"))
+            }
+            (Outcome::JobFailed(message), Some(refusal)) => {
+                Outcome::JobFailed(format!("{refusal}\n{message}"))
+            }
+            (outcome @ Outcome::Exited(code), Some(refusal)) if code != 0 => {
+                say!("{refusal}");
+                outcome
+            }
+            (outcome, _) => outcome,
         };
         if !matches!(outcome, Outcome::Completed | Outcome::Exited(0)) {
             if let Some(progress) = instance.data().progress() {
@@ -300,6 +319,9 @@ impl Run {
             .chain(&self.config.output)
             .map(|dir| format!("`{}` (host `{}`)", dir.guest, dir.host.display()))
             .collect();
+        if message.contains("Permission denied") && self.config.allow_net.is_empty() {
+            message.push_str("\n(the job has no network either: --allow-net grants it)");
+        }
         if seen.is_empty() {
             message.push_str(
                 "\n(the job sees no host directory: give it one with --dir HOST[::GUEST])",

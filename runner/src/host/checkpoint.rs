@@ -192,6 +192,16 @@ impl Checkpoints {
 }
 
 impl Checkpoints {
+    /// The bytes the runner holds for the job's states: the last committed one and the
+    /// buffer for the next.
+    pub(super) fn held(&self) -> u64 {
+        let committed = self
+            .committed
+            .as_ref()
+            .map_or(0, |record| record.payload.capacity());
+        (committed + self.spare.capacity()) as u64
+    }
+
     /// Commits `record` holding `state`. Data before record: the output files first, so
     /// that the lengths a record promises are already durable when it is. On the job's
     /// own thread, like the store's local commit: a small commit is mostly its fsyncs,

@@ -177,7 +177,7 @@ async fn checkpoint_save(
     let saved = match started {
         Ok((record, commit)) => {
             let committed = commit.wait().await;
-            caller.data_mut().checkpoints.finish_save(record, committed)
+            caller.data_mut().finish_save(record, committed)
         }
         Err(error) => Err(error),
     };

@@ -24,8 +24,10 @@ pub use progress::Progress;
 
 use crate::checkpoint::format::Digest;
 use crate::checkpoint::output::OutputDir;
-use crate::checkpoint::{MAX_STATE_LEN, Record, Store};
+use crate::checkpoint::{MAX_STATE_LEN, Record, Store, StoreError};
 use crate::log;
+use crate::memory::Limiter;
+use crate::net::{self, AllowList, Rule};
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
 
@@ -70,6 +72,10 @@ pub struct JobState {
     progress: Progress,
     /// What `runner_job_v1` keeps between calls.
     core: core_abi::CoreState,
+    /// The job's memory limit.
+    limiter: Limiter,
+    /// What the job's sockets may reach.
+    allowed_net: Arc<AllowList>,
 }
 
 impl std::fmt::Debug for JobState {
@@ -82,17 +88,18 @@ impl std::fmt::Debug for JobState {
 }
 
 impl JobState {
-    /// The state of a job that sees `wasi` (built with a [`RunnerClock`] started at
-    /// `clock_zero`), is stopped through `shutdown`, and notes its checkpoints and
-    /// progress in `status`.
+    /// The state of a job that sees `wasi` (built by [`wasi_context`] with a
+    /// [`RunnerClock`] started at `clock_zero`), is stopped through `shutdown`, and notes
+    /// its checkpoints and progress in `status`.
     pub fn new(
-        wasi: WasiP1Ctx,
+        (wasi, allowed_net): (WasiP1Ctx, Arc<AllowList>),
         clock_zero: Instant,
         shutdown: Arc<Shutdown>,
         status: Arc<RunStatus>,
         saves: Saves,
+        limiter: Limiter,
     ) -> anyhow::Result<Self> {
-        Ok(JobState {
+        let mut state = JobState {
             wasi,
             lifecycle: Lifecycle::new(Arc::clone(&shutdown), clock_zero),
             checkpoints: Checkpoints::new(
@@ -105,12 +112,43 @@ impl JobState {
             ),
             progress: Progress::new(status),
             core: core_abi::CoreState::default(),
-        })
+            limiter,
+            allowed_net,
+        };
+        state.limiter.hold(state.checkpoints.held());
+        Ok(state)
+    }
+
+    /// The end of a save ([`Checkpoints::finish_save`]); the runner's copies of the
+    /// job's states count against its memory limit.
+    fn finish_save(
+        &mut self,
+        record: Record,
+        committed: Result<(), StoreError>,
+    ) -> Result<(), CheckpointError> {
+        let saved = self.checkpoints.finish_save(record, committed);
+        self.limiter.hold(self.checkpoints.held());
+        saved
     }
 
     /// Records that the job completed ([`Checkpoints::complete`]).
     pub async fn complete(&mut self) -> Option<u64> {
         self.checkpoints.complete().await
+    }
+
+    /// What the job's sockets may reach.
+    pub fn allowed_net(&self) -> &Arc<AllowList> {
+        &self.allowed_net
+    }
+
+    /// The limiter of the job's memory, for its store.
+    pub fn limiter(&mut self) -> &mut Limiter {
+        &mut self.limiter
+    }
+
+    /// If the job's memory limit refused it memory, a line that says so.
+    pub fn memory_refusal(&self) -> Option<String> {
+        self.limiter.refusal()
     }
 
     /// The job's latest progress report, as text.
@@ -133,6 +171,7 @@ impl WasiView for JobState {
 /// Adds WASI 0.2 (async) and the runner's interfaces to the component `linker`.
 pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    net::add_lookup_to_linker(linker)?;
     use bindings::runner::job;
     job::lifecycle::add_to_linker::<_, lifecycle::LifecycleData>(linker, |state| {
         lifecycle::LifecycleView {
@@ -181,7 +220,7 @@ fn add_checkpoint_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<(
                     Err(error) => return Ok((Err(error),)),
                 };
                 let committed = commit.wait().await;
-                Ok((store.data_mut().checkpoints.finish_save(record, committed),))
+                Ok((store.data_mut().finish_save(record, committed),))
             })
         },
     )
@@ -196,16 +235,20 @@ pub struct DirMapping {
     pub guest: String,
 }
 
-/// The job's WASI context: its arguments, environment and directories (nothing else of
-/// the host), the runner's stdio, and a monotonic clock that starts at `clock_zero`.
+/// The job's WASI context: its arguments, environment and directories, the network
+/// `allow_net` grants (nothing else of the host), the runner's stdio, and a monotonic
+/// clock that starts at `clock_zero`; and the allow-list its sockets answer to.
 /// For a component and a core module alike: a [`WasiP1Ctx`] is WASI 0.2's context too.
 pub fn wasi_context<'a>(
     args: &[String],
     env: &[(String, String)],
     dirs: impl IntoIterator<Item = &'a DirMapping>,
+    allow_net: &[Rule],
     clock_zero: Instant,
-) -> anyhow::Result<WasiP1Ctx> {
+) -> anyhow::Result<(WasiP1Ctx, Arc<AllowList>)> {
     let mut wasi = WasiCtxBuilder::new();
+    let allowed_net = Arc::new(AllowList::new(allow_net.to_vec()));
+    net::grant(&mut wasi, &allowed_net);
     wasi.inherit_stdio();
     // With JSON logs, the job's lines become objects; output to the terminal the
     // progress bar is drawn on goes around the bar.
@@ -226,5 +269,5 @@ pub fn wasi_context<'a>(
             .map_err(|error| anyhow!(error))
             .with_context(|| format!("cannot open --dir `{}`", dir.host.display()))?;
     }
-    Ok(wasi.build_p1())
+    Ok((wasi.build_p1(), allowed_net))
 }

@@ -28,6 +28,13 @@ fn main() {
         "exit" => std::process::exit(arg(2).parse().expect("an exit code")),
         // Rust's panic in wasm32-wasip1 aborts: a trap.
         "trap" => panic!("the program panicked on purpose"),
+        "hog" => {
+            let mut kept = Vec::new();
+            loop {
+                kept.push(vec![1u8; 16 << 20]);
+                println!("allocated {} MiB", kept.len() * 16);
+            }
+        }
         // Echoes stdin's lines, numbered, to its end.
         "stdin" => {
             let mut text = String::new();

@@ -57,6 +57,18 @@ fn spin() -> ! {
     }
 }
 
+/// Allocates and touches memory, 16 MiB at a time, saying so every 64 MiB, until an
+/// allocation fails (which aborts).
+fn hog() -> ! {
+    let mut kept = Vec::new();
+    loop {
+        kept.push(vec![1u8; 16 << 20]);
+        if kept.len() % 4 == 0 {
+            println!("allocated {} MiB", kept.len() * 16);
+        }
+    }
+}
+
 #[guest_sdk::job]
 fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
     let mut args = std::env::args().skip(1);
@@ -354,6 +366,44 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
         }
         "error" => Err(anyhow!("the disk is on fire").context("cannot write the report")),
         "trap" => panic!("the job panicked on purpose"),
+        // The network through std (wasi-libc's sockets): says how each use went.
+        "net-connect" => {
+            let address = arg.unwrap_or_default();
+            match std::net::TcpStream::connect(&address) {
+                Ok(_) => println!("connected to {address}"),
+                Err(error) => println!("connect to {address} failed: {error}"),
+            }
+            Ok(Outcome::Completed)
+        }
+        "net-lookup" => {
+            let host = arg.unwrap_or_default();
+            match std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), 80)) {
+                Ok(found) => println!("lookup of {host}: {} addresses", found.count()),
+                Err(error) => println!("lookup of {host} failed: {error}"),
+            }
+            Ok(Outcome::Completed)
+        }
+        "net-udp" => {
+            let address = arg.unwrap_or_default();
+            let sent = std::net::UdpSocket::bind("0.0.0.0:0")
+                .and_then(|socket| socket.send_to(b"datagram", &address));
+            match sent {
+                Ok(_) => println!("sent to {address}"),
+                Err(error) => println!("send to {address} failed: {error}"),
+            }
+            Ok(Outcome::Completed)
+        }
+        // Connects, then blocks reading a socket the other end never writes to.
+        "net-read" => {
+            let mut stream = std::net::TcpStream::connect(arg.unwrap_or_default())?;
+            ready();
+            let mut buffer = [0; 16];
+            let read = std::io::Read::read(&mut stream, &mut buffer)?;
+            println!("read {read} bytes");
+            Ok(Outcome::Completed)
+        }
+        // Allocates and touches memory without end, 16 MiB at a time.
+        "hog" => hog(),
         "exit" => guest_sdk::exit(arg.as_deref().unwrap_or("0").parse()?),
         "std-exit" =>
         {
