@@ -42,7 +42,8 @@ if ! s3s-fs --version 2>/dev/null | grep -qx "s3s-fs $s3s_fs"; then
 fi
 missing=""
 command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
-for tool in strace:strace musl-gcc:musl-tools runc:runc umoci:umoci buildah:buildah; do
+for tool in strace:strace musl-gcc:musl-tools runc:runc umoci:umoci buildah:buildah \
+    redis-server:redis-server redis-cli:redis-tools; do
     command -v "${tool%%:*}" >/dev/null 2>&1 || missing="$missing ${tool#*:}"
 done
 # A C program built for wasm32-wasi needs all four (printf's long double: compiler-rt).

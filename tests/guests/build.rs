@@ -17,6 +17,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("wordcount", "wordcount.wasm", "WORDCOUNT"),
     ("sequence", "sequence.wasm", "SEQUENCE"),
     ("worker", "worker.wasm", "WORKER"),
+    ("queue-worker", "queue_worker.wasm", "QUEUE_WORKER"),
     ("test-jobs", "testjob.wasm", "TESTJOB"),
     ("test-jobs", "command.wasm", "COMMAND"),
 ];

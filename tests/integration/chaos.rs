@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use test_guests::PRIMES;
+use test_guests::{PRIMES, QUEUE_WORKER};
 
+use crate::redis::Redis;
 use crate::s3::S3Server;
 
 use crate::util::{
@@ -377,5 +378,127 @@ fn chaos_primes_s3() {
             assert_eq!(finished.stdout.trim(), expected);
             1
         },
+    );
+}
+
+/// `examples/queue-worker`: 3 workers over 500 messages in a real Redis, stopped by
+/// random SIGTERMs and SIGKILLs and restarted until they have drained the queue. Every
+/// message is handled and acknowledged, none is lost; one handled twice (a SIGKILL
+/// between its handling and its acknowledgement) is allowed, and counted.
+#[test]
+fn chaos_queue_workers() {
+    const MESSAGES: usize = 500;
+    const WORKERS: usize = 3;
+    let sandbox = Sandbox::new();
+    let redis = Redis::start(&sandbox);
+    let messages: Vec<String> = (1..=MESSAGES).map(|n| format!("m{n}")).collect();
+    for chunk in messages.chunks(100) {
+        let mut push = vec!["RPUSH", "jobs"];
+        push.extend(chunk.iter().map(String::as_str));
+        redis.command(&push);
+    }
+    let start = |id: usize| {
+        let mut command = sandbox.runner();
+        command
+            .args(["--allow-net", &redis.address(), "--job-id"])
+            .arg(format!("worker-{id}"))
+            .arg("--env")
+            .arg(format!("WORKER_ID={id}"))
+            .arg("--env")
+            .arg(format!("REDIS_ADDR={}", redis.address()))
+            .args([QUEUE_WORKER, "--drain"]);
+        Running::start(&mut command, Stdio::null())
+    };
+    let mut rng = rng("queue-worker");
+    let stops = interruptions();
+    let (mut terms, mut kills) = (0, 0);
+    let mut workers: Vec<Option<Running>> = (0..WORKERS).map(|id| Some(start(id))).collect();
+    let mut drained = [false; WORKERS];
+    let began = Instant::now();
+    while !drained.iter().all(|&drained| drained) {
+        assert!(
+            began.elapsed() < Duration::from_secs(600),
+            "the workers did not drain the queue in 10 minutes"
+        );
+        thread::sleep(Duration::from_millis(rng.random_range(20..300)));
+        for id in 0..WORKERS {
+            let exited = match &mut workers[id] {
+                Some(worker) => worker
+                    .child
+                    .try_wait()
+                    .expect("wait for a worker")
+                    .is_some(),
+                None => !drained[id],
+            };
+            if !exited {
+                continue;
+            }
+            if let Some(worker) = workers[id].take() {
+                let done = worker.wait();
+                match done.status.code() {
+                    Some(0) => {
+                        drained[id] = true;
+                        continue;
+                    }
+                    // Suspended (or stopped before it started), stopped by force (a
+                    // second SIGTERM), or SIGKILLed.
+                    Some(75 | 143) | None => {}
+                    Some(_) => panic!("worker {id} failed: {done:?}"),
+                }
+            }
+            workers[id] = Some(start(id));
+        }
+        if terms + kills < stops {
+            let alive: Vec<usize> = (0..WORKERS).filter(|&id| workers[id].is_some()).collect();
+            if let Some(&id) = alive.get(rng.random_range(0..alive.len().max(1))) {
+                let pid = workers[id].as_ref().expect("alive").pid();
+                if rng.random_bool(0.5) {
+                    signal_if_alive(pid, SIGTERM);
+                    terms += 1;
+                } else {
+                    signal_if_alive(pid, libc::SIGKILL);
+                    kills += 1;
+                }
+            }
+        }
+    }
+
+    assert_eq!(
+        redis.command(&["LLEN", "jobs"]),
+        ["0"],
+        "messages left in the queue"
+    );
+    for id in 0..WORKERS {
+        assert_eq!(
+            redis.command(&["LLEN", &format!("jobs:processing:{id}")]),
+            ["0"],
+            "messages of worker {id} not acknowledged"
+        );
+    }
+    let processed = redis.command(&["HGETALL", "jobs:processed"]);
+    let counts: std::collections::HashMap<&str, u32> = processed
+        .chunks(2)
+        .map(|pair| (pair[0].as_str(), pair[1].parse().expect("a count")))
+        .collect();
+    let lost: Vec<&String> = messages
+        .iter()
+        .filter(|message| !counts.contains_key(message.as_str()))
+        .collect();
+    let duplicates: u32 = counts.values().map(|count| count - 1).sum();
+    eprintln!(
+        "chaos queue-worker: {MESSAGES} messages, {WORKERS} workers, {terms} SIGTERMs, \
+         {kills} SIGKILLs, {duplicates} handled twice, {} lost, in {:.1?}",
+        lost.len(),
+        began.elapsed()
+    );
+    assert!(lost.is_empty(), "messages lost: {lost:?}");
+    assert_eq!(
+        counts.len(),
+        MESSAGES,
+        "unknown messages handled: {counts:?}"
+    );
+    assert!(
+        duplicates <= kills,
+        "{duplicates} messages handled twice with only {kills} SIGKILLs"
     );
 }

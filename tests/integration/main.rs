@@ -20,6 +20,7 @@ mod net;
 mod outcomes;
 mod ownership;
 mod pid1;
+mod redis;
 mod resume;
 mod s3;
 mod sdk;
