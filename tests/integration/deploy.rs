@@ -13,7 +13,12 @@ use serde_json::Value;
 
 use crate::util::{Sandbox, venv, workspace};
 
-const MANIFESTS: [&str; 3] = ["job.yaml", "indexed-job.yaml", "indexed-job-s3.yaml"];
+const MANIFESTS: [&str; 4] = [
+    "job.yaml",
+    "indexed-job.yaml",
+    "indexed-job-s3.yaml",
+    "queue-worker.yaml",
+];
 
 /// The oldest Kubernetes the manifests claim to need, and the newest schema we have.
 const VERSIONS: [&str; 2] = ["1.31.0", "1.37.0"];

@@ -9,13 +9,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::util::{Finished, Running, SIGTERM, Sandbox, run};
+use crate::util::{Finished, Running, SIGTERM, Sandbox, run, wait_until};
 use test_guests::TESTJOB;
 
-/// Runs the test job with `args` (runner options, then the job's mode and argument),
-/// anew each time: the job completes.
-fn job(sandbox: &Sandbox, args: &[&str]) -> Finished {
-    let (options, job_args) = args.split_at(args.len() - 2);
+/// Runs the test job with the runner's `options` and the job's `job_args`, anew each
+/// time: the job completes.
+fn job(sandbox: &Sandbox, options: &[&str], job_args: &[&str]) -> Finished {
     run(sandbox
         .runner()
         .arg("--start-over")
@@ -65,20 +64,20 @@ fn without_allow_net_no_connect_lookup_or_datagram_leaves_the_job() {
     let udp_address = udp.local_addr().expect("udp address").to_string();
 
     // As in `wasmtime run` without -S inherit-network: no socket at all.
-    job(&sandbox, &["net-connect", &listener.address()])
+    job(&sandbox, &[], &["net-connect", &listener.address()])
         .assert_code(0)
         .assert_stdout(&format!(
             "connect to {} failed: Permission denied",
             listener.address()
         ));
-    job(&sandbox, &["net-lookup", "localhost"])
+    job(&sandbox, &[], &["net-lookup", "localhost"])
         .assert_code(0)
         .assert_stdout("lookup of localhost failed")
         .assert_stderr(
             "runner: the job may not look up `localhost`: not in --allow-net (the job has \
              no network unless given one)",
         );
-    job(&sandbox, &["net-udp", &udp_address])
+    job(&sandbox, &[], &["net-udp", &udp_address])
         .assert_code(0)
         .assert_stdout(&format!("send to {udp_address} failed"));
     assert_eq!(listener.accepted(), 0, "a connection reached the listener");
@@ -93,13 +92,18 @@ fn allow_net_lets_the_job_reach_what_it_names_and_nothing_else() {
     let sandbox = Sandbox::new();
     let (allowed, other) = (Listener::new(), Listener::new());
     let rule = allowed.address();
-    let connect =
-        |rule: &str, address: &str| job(&sandbox, &["--allow-net", rule, "net-connect", address]);
+    let connect = |rule: &str, address: &str| {
+        job(&sandbox, &["--allow-net", rule], &["net-connect", address])
+    };
 
-    connect(&rule, &allowed.address())
-        .assert_code(0)
-        .assert_stdout(&format!("connected to {}", allowed.address()));
-    assert_eq!(allowed.accepted(), 1);
+    job(
+        &sandbox,
+        &["--allow-net", &rule],
+        &["net-connect", &allowed.address(), "3"],
+    )
+    .assert_code(0)
+    .assert_stdout(&format!("connected to {} 3 times", allowed.address()));
+    wait_until("3 connections", || (allowed.accepted() == 3).then_some(()));
     connect(&rule, &other.address())
         .assert_stdout(&format!("connect to {} failed", other.address()))
         .assert_stderr(&format!(
@@ -114,7 +118,7 @@ fn allow_net_lets_the_job_reach_what_it_names_and_nothing_else() {
     connect(&by_name, &by_name)
         .assert_code(0)
         .assert_stdout(&format!("connected to {by_name}"));
-    assert_eq!(allowed.accepted(), 2);
+    wait_until("4 connections", || (allowed.accepted() == 4).then_some(()));
     connect(&by_name, &format!("localhost:{}", other.port))
         .assert_stdout("failed")
         .assert_stderr(&format!(
@@ -123,12 +127,8 @@ fn allow_net_lets_the_job_reach_what_it_names_and_nothing_else() {
         ));
     job(
         &sandbox,
-        &[
-            "--allow-net",
-            &by_name,
-            "net-lookup",
-            "localhost.localdomain",
-        ],
+        &["--allow-net", &by_name],
+        &["net-lookup", "localhost.localdomain"],
     )
     .assert_stdout("lookup of localhost.localdomain failed")
     .assert_stderr("the job may not look up `localhost.localdomain`");
@@ -143,7 +143,9 @@ fn allow_net_lets_the_job_reach_what_it_names_and_nothing_else() {
         .args([TESTJOB, "net-connect", &allowed.address()]))
     .assert_stdout("connected to");
     connect("*", &other.address()).assert_stdout("connected to");
-    assert_eq!((allowed.accepted(), other.accepted()), (3, 1));
+    wait_until("5 and 1 connections", || {
+        (allowed.accepted() == 5 && other.accepted() == 1).then_some(())
+    });
 }
 
 #[test]

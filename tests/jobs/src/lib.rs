@@ -367,11 +367,22 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
         "error" => Err(anyhow!("the disk is on fire").context("cannot write the report")),
         "trap" => panic!("the job panicked on purpose"),
         // The network through std (wasi-libc's sockets): says how each use went.
+        // Connects to ARG, ARG2 times (default once), each connection closed at once.
         "net-connect" => {
             let address = arg.unwrap_or_default();
-            match std::net::TcpStream::connect(&address) {
-                Ok(_) => println!("connected to {address}"),
-                Err(error) => println!("connect to {address} failed: {error}"),
+            let times: u32 = arg2.as_deref().unwrap_or("1").parse()?;
+            let mut made = 0;
+            for _ in 0..times {
+                match std::net::TcpStream::connect(&address) {
+                    Ok(_) => made += 1,
+                    Err(error) => {
+                        println!("connect to {address} failed: {error}");
+                        break;
+                    }
+                }
+            }
+            if made > 0 {
+                println!("connected to {address} {made} times");
             }
             Ok(Outcome::Completed)
         }
