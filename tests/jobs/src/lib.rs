@@ -409,7 +409,7 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             let mut stream = std::net::TcpStream::connect(arg.unwrap_or_default())?;
             ready();
             let mut buffer = [0; 16];
-            let read = std::io::Read::read(&mut stream, &mut buffer)?;
+            let read = stream.read(&mut buffer)?;
             println!("read {read} bytes");
             Ok(Outcome::Completed)
         }
