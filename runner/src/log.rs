@@ -659,7 +659,8 @@ struct Lines {
     /// (senders waiting for room and [`drain`] wait).
     queued: Condvar,
     written: Condvar,
-    dropped: AtomicU64,
+    /// The runner's lines and the job's dropped since the last line written.
+    dropped: [AtomicU64; 2],
     /// Whether the lines are JSON objects (the count is said as one too).
     json: AtomicBool,
 }
@@ -687,7 +688,7 @@ fn lines() -> &'static Lines {
             queue: Mutex::new(Queue::default()),
             queued: Condvar::new(),
             written: Condvar::new(),
-            dropped: AtomicU64::new(0),
+            dropped: [AtomicU64::new(0), AtomicU64::new(0)],
             json: AtomicBool::new(false),
         }
     })
@@ -714,7 +715,7 @@ impl Lines {
                 .unwrap_or_else(PoisonError::into_inner);
             queue.waiting -= 1;
         } else if full(&queue) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped[from as usize].fetch_add(1, Ordering::Relaxed);
             return;
         }
         match from {
@@ -743,14 +744,18 @@ impl Lines {
             .expect("the wait ends with a line queued")
     }
 
-    /// Writes one line (after the count of lines dropped before it, if any), on the
+    /// Writes one line (after the counts of lines dropped before it, if any), on the
     /// writer thread.
     fn write(&self, line: &[u8]) {
-        let dropped = self.dropped.swap(0, Ordering::Relaxed);
+        let [runner, job] = [Whose::Runner, Whose::Job]
+            .map(|whose| self.dropped[whose as usize].swap(0, Ordering::Relaxed));
         around_bar(|| {
             let mut stderr = io::stderr().lock();
-            if dropped > 0 {
-                let note = format!("{dropped} line(s) dropped: stderr was not being read");
+            for (dropped, whose) in [(runner, ""), (job, "of the job's ")] {
+                if dropped == 0 {
+                    continue;
+                }
+                let note = format!("{dropped} {whose}line(s) dropped: stderr was not being read");
                 let _ = if self.json.load(Ordering::Relaxed) {
                     let mut object = json_head(Some(Level::WARN));
                     field(&mut object, "message", &note);

@@ -238,8 +238,11 @@ fn json_logs_of_a_flooding_job_keep_the_runners_lines() {
             "no `{wanted}` in {runner:#?}"
         );
     }
+    // The job's last, unfinished line may find no room at its end; the runner's do.
     assert!(
-        !runner.iter().any(|line| line.contains("dropped")),
+        !runner
+            .iter()
+            .any(|line| line.contains("dropped") && !line.contains("of the job's")),
         "{runner:#?}"
     );
 }
