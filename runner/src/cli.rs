@@ -248,7 +248,8 @@ pub struct RunArgs {
     /// instances together (512MiB, 2GiB...); `none` for no limit. A job that asks for
     /// more gets a failed allocation (it traps, exit 134, or fails on its own terms), and
     /// the runner says which limit it hit. Default: in a cgroup with a memory limit (a
-    /// container with limits.memory), that limit less 64 MiB for the runner itself, so
+    /// container with limits.memory), that limit less 64 MiB for the runner itself (half
+    /// of it, up to 128 MiB), so
     /// that the job, not the runner, runs out and the OOM killer is not needed; else none.
     #[arg(long, value_name = "SIZE|none", env = "RUNNER_MAX_MEMORY",
           value_parser = utf8(parse_max_memory))]
@@ -450,7 +451,7 @@ impl RunArgs {
                     source: memory::Source::Flag,
                 }),
                 Some(MemoryFlag::Unlimited) => None,
-                None => memory::cgroup_limit().and_then(MaxMemory::from_cgroup),
+                None => memory::cgroup_limit().map(MaxMemory::from_cgroup),
             },
         })
     }

@@ -36,16 +36,16 @@ pub enum Source {
 }
 
 impl MaxMemory {
-    /// The job's limit in a cgroup with `limit`, if that leaves the job anything.
-    pub fn from_cgroup(limit: CgroupLimit) -> Option<MaxMemory> {
-        let bytes = limit
-            .bytes
-            .checked_sub(RUNNER_MARGIN)
-            .filter(|&left| left > 0)?;
-        Some(MaxMemory {
-            bytes,
+    /// The job's limit in a cgroup with `limit`: the limit less [`RUNNER_MARGIN`], but
+    /// at least half of it (in a container of 128 MiB or less).
+    pub fn from_cgroup(limit: CgroupLimit) -> MaxMemory {
+        MaxMemory {
+            bytes: limit
+                .bytes
+                .saturating_sub(RUNNER_MARGIN)
+                .max(limit.bytes / 2),
             source: Source::Cgroup(limit),
-        })
+        }
     }
 
     /// What to change for the job to get more.
@@ -71,7 +71,7 @@ impl fmt::Display for MaxMemory {
                 format_size(self.bytes),
                 format_size(cgroup.bytes),
                 cgroup.file.display(),
-                format_size(RUNNER_MARGIN)
+                format_size(cgroup.bytes - self.bytes)
             ),
         }
     }
@@ -115,8 +115,8 @@ fn cgroup_limit_in(
         };
         // The mount shows the hierarchy from `root` on: a container's cgroup is often
         // the mount itself.
-        let relative = path.strip_prefix(&root).unwrap_or("");
-        let mut dir = mount_point.join(relative.trim_start_matches('/'));
+        let relative = Path::new(path).strip_prefix(&root).unwrap_or(Path::new(""));
+        let mut dir = mount_point.join(relative);
         loop {
             let file = dir.join(version.limit_file());
             if let Some(bytes) = read(&file).and_then(|text| version.parse_limit(&text))
@@ -286,8 +286,13 @@ impl wasmtime::ResourceLimiter for Limiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Called before wasmtime checks the maximum of the memory or table itself: a
+        // growth past it fails anyway, and must not count.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         Ok(self.grow(desired.saturating_sub(current) as u64))
     }
 
@@ -295,8 +300,13 @@ impl wasmtime::ResourceLimiter for Limiter {
         &mut self,
         current: usize,
         desired: usize,
-        _maximum: Option<usize>,
+        maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
+        // Called before wasmtime checks the maximum of the memory or table itself: a
+        // growth past it fails anyway, and must not count.
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return Ok(false);
+        }
         let elements = desired.saturating_sub(current) as u64;
         Ok(self.grow(elements.saturating_mul(TABLE_ELEMENT)))
     }

@@ -117,7 +117,16 @@ fn parse_host(text: &str) -> Result<HostPattern, String> {
             .ok()
             .filter(|&length| length <= max)
             .ok_or_else(|| format!("`/{length}` is not a prefix length (0-{max})"))?;
-        return Ok(HostPattern::Block(address.to_canonical(), length));
+        // An IPv4-mapped block (`::ffff:10.0.0.0/104`) is the IPv4 block it maps.
+        return match address.to_canonical() {
+            IpAddr::V4(v4) if address.is_ipv6() => match length.checked_sub(96) {
+                Some(length) => Ok(HostPattern::Block(IpAddr::V4(v4), length)),
+                None => Err(format!(
+                    "`/{length}` is shorter than the IPv4-mapped prefix (/96) of `{address}`"
+                )),
+            },
+            address => Ok(HostPattern::Block(address, length)),
+        };
     }
     if let Ok(address) = text.parse::<IpAddr>() {
         let length = if address.to_canonical().is_ipv4() {
@@ -132,7 +141,13 @@ fn parse_host(text: &str) -> Result<HostPattern, String> {
         None => (text, false),
     };
     let name = domain.trim_end_matches('.').to_ascii_lowercase();
+    // A last label of digits would make a name an IPv4 address to the lookup (`0x7f.1`).
+    let numeric = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()));
     let valid = !name.is_empty()
+        && !numeric
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -251,23 +266,27 @@ impl AllowList {
     /// a connect does) always; otherwise only an address in a block of the list, or one
     /// a lookup of a host in the list returned, on a port the rule allows.
     pub fn allows(&self, address: SocketAddr, usage: SocketAddrUse) -> bool {
-        let implicit =
-            matches!(usage, SocketAddrUse::TcpBind | SocketAddrUse::UdpBind) && address.port() == 0;
-        // A client accepted on a listener the list allowed.
-        let accepted = matches!(usage, SocketAddrUse::TcpAccept);
+        let local = matches!(
+            usage,
+            SocketAddrUse::TcpBind | SocketAddrUse::TcpListen | SocketAddrUse::UdpBind
+        );
+        let implicit = local && address.port() == 0;
         let (ip, port) = (address.ip().to_canonical(), address.port());
         let allowed = implicit
-            || accepted
             || self
                 .rules
                 .iter()
                 .any(|rule| rule.contains(ip) && rule.allows_port(port))
-            || self
-                .resolved
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&ip)
-                .is_some_and(|rules| rules.iter().any(|&rule| self.rules[rule].allows_port(port)));
+            // A named host's addresses are to reach, not to listen on.
+            || !local
+                && self
+                    .resolved
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(&ip)
+                    .is_some_and(|rules| {
+                        rules.iter().any(|&rule| self.rules[rule].allows_port(port))
+                    });
         if !allowed {
             let what = match usage {
                 SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => "bind to",
@@ -502,7 +521,7 @@ mod tests {
 
     #[test]
     fn addresses_match_blocks_and_ports() {
-        use SocketAddrUse::{TcpBind, TcpConnect, UdpSend};
+        use SocketAddrUse::{TcpAccept, TcpBind, TcpConnect, UdpSend};
         assert!(allows(&["10.0.0.0/8:443"], "10.9.8.7:443", TcpConnect));
         assert!(!allows(&["10.0.0.0/8:443"], "10.9.8.7:80", TcpConnect));
         assert!(!allows(&["10.0.0.0/8"], "11.0.0.1:80", UdpSend));
@@ -518,6 +537,17 @@ mod tests {
         assert!(allows(&["10.0.0.1:80"], "0.0.0.0:0", TcpBind));
         assert!(!allows(&["10.0.0.1:80"], "0.0.0.0:8080", TcpBind));
         assert!(allows(&["*"], "0.0.0.0:8080", TcpBind));
+        // A client is accepted only from where the list allows.
+        assert!(!allows(&["10.0.0.0/8"], "192.168.1.1:5000", TcpAccept));
+        assert!(allows(&["10.0.0.0/8"], "10.1.1.1:5000", TcpAccept));
+        // An IPv4-mapped block is its IPv4 block, not all of IPv4.
+        assert!(allows(&["[::ffff:10.0.0.0/104]"], "10.9.9.9:1", TcpConnect));
+        assert!(!allows(
+            &["[::ffff:10.0.0.0/104]"],
+            "11.0.0.1:1",
+            TcpConnect
+        ));
+        assert!("[::ffff:10.0.0.0/64]".parse::<Rule>().is_err());
         // A host name reaches nothing until a lookup of it returned the address.
         assert!(!allows(&["localhost:80"], "127.0.0.1:80", TcpConnect));
         let list = AllowList::new(vec!["localhost:80".parse().expect("test value")]);
