@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crate::bindings::runner::job::{lifecycle, progress};
 use crate::bindings::wasi::cli::exit::exit_with_code;
 use crate::bindings::wasi::clocks::monotonic_clock;
-use crate::bindings::wasi::io::poll::poll;
+use wasip2::io::poll::poll;
 
 /// Why the runner asked the job to stop.
 ///
@@ -91,11 +91,12 @@ pub fn wait_for_shutdown() {
     lifecycle::subscribe_shutdown().block();
 }
 
-/// A `wasi:io/poll` pollable, as the SDK's bindings type it: what [`wait_for`] waits on,
-/// and what [`shutdown_pollable`] returns. One from another binding of WASI (the `wasi`
-/// crate's sockets, streams and timers) is the same resource: move it over by its handle,
+/// A `wasi:io/poll` pollable: what [`wait_for`] waits on, and what [`shutdown_pollable`]
+/// returns. It is the [`wasi`](crate::wasi) crate's, so the pollables of its sockets,
+/// HTTP responses, streams and timers go to [`wait_for`] as they are. One from another
+/// binding of WASI 0.2.12 is the same resource: move it over by its handle,
 /// `unsafe { guest_sdk::Pollable::from_handle(theirs.take_handle()) }`.
-pub use crate::bindings::wasi::io::poll::Pollable;
+pub use wasip2::io::poll::Pollable;
 
 /// A pollable that becomes ready when the runner asks the job to stop, and stays ready:
 /// for a job that polls its own pollables with `wasi:io/poll` itself. [`wait_for`] does

@@ -59,6 +59,10 @@ pub use control::{
 };
 pub use output::Output;
 pub use state::State;
+/// WASI 0.2's interfaces (the `wasip2` crate): sockets, `wasi:http`'s outgoing requests
+/// (which reach what `runner --allow-net` allows), streams and timers, whose pollables
+/// [`wait_for`] waits on together with the stop request.
+pub use wasip2 as wasi;
 
 /// Marks the function the runner runs: `fn NAME(ctx: &mut Ctx<State>) -> Result<Outcome>`.
 ///

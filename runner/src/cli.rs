@@ -233,7 +233,8 @@ pub struct RunArgs {
     #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = utf8(parse_env))]
     pub envs: Vec<EnvSetting>,
 
-    /// Let the job reach RULE over the network (TCP and UDP through wasi:sockets): a
+    /// Let the job reach RULE over the network (TCP and UDP through wasi:sockets, HTTP
+    /// and HTTPS requests through wasi:http): a
     /// host name (`db.internal`, `*.example.com`), an IP address or a CIDR block
     /// (`10.0.0.0/8`, `[fd00::/8]`), each with `:PORT` or `:FIRST-LAST` or every port,
     /// or `*` for everything. May be repeated; $RUNNER_ALLOW_NET takes a comma-separated

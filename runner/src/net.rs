@@ -2,7 +2,9 @@
 //! allow-list names. Every TCP connect, bind and listen, every UDP bind, send and
 //! receive goes through [`AllowList::allows`]; a name lookup (`wasi:sockets/
 //! ip-name-lookup`) is answered only for host names in the list, and the addresses it
-//! returns are what a connect to that host may reach.
+//! returns are what a connect to that host may reach. An outgoing HTTP request
+//! (`wasi:http/outgoing-handler`) goes out only to a host and port the list names
+//! ([`HttpHooks`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -10,6 +12,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use http_body_util::BodyExt;
 use wasmtime::component::{HasData, Linker, Resource};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::DynPollable;
@@ -19,6 +22,7 @@ use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
 };
 use wasmtime_wasi::p2::bindings::sockets::network::{self, ErrorCode, IpAddress, Network};
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView, WasiSocketsView};
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks, default_send_request};
 
 use crate::host::JobState;
 
@@ -345,6 +349,79 @@ impl AllowList {
             );
             said.push(what);
         }
+    }
+}
+
+impl AllowList {
+    /// Whether the job may send an HTTP request to `host` (a name, or an address in
+    /// brackets or not) on `port`; says so if not.
+    fn allows_request(&self, host: &str, port: u16) -> bool {
+        let allowed = match host.trim_matches(['[', ']']).parse::<IpAddr>() {
+            Ok(address) => {
+                let address = address.to_canonical();
+                self.rules
+                    .iter()
+                    .any(|rule| rule.contains(address) && rule.allows_port(port))
+            }
+            Err(_) => {
+                let name = host.trim_end_matches('.').to_ascii_lowercase();
+                self.rules
+                    .iter()
+                    .any(|rule| rule.names(&name) && rule.allows_port(port))
+            }
+        };
+        if !allowed {
+            self.refused(format!("send an HTTP request to {host}:{port}"));
+        }
+        allowed
+    }
+}
+
+/// `wasi:http`'s hooks for the job: a request goes out (wasmtime-wasi-http's own way,
+/// https included) only to a host and port the allow-list names; any other gets
+/// `HTTP-request-denied` before a connection is made.
+#[derive(Debug)]
+pub struct HttpHooks {
+    allowed: Arc<AllowList>,
+}
+
+impl HttpHooks {
+    /// The hooks of a job whose network is `allowed`.
+    pub fn new(allowed: Arc<AllowList>) -> Self {
+        HttpHooks { allowed }
+    }
+}
+
+/// What [`WasiHttpHooks::send_request`] returns.
+type Sent = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for HttpHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _request_done: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> Sent {
+        let uri = request.uri();
+        let https = uri.scheme_str() == Some("https");
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if !self.allowed.allows_request(uri.host().unwrap_or(""), port) {
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            let (response, io) = default_send_request(request, options).await?;
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = _> + Send>,
+            ))
+        })
     }
 }
 

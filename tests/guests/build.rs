@@ -20,6 +20,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("queue-worker", "queue_worker.wasm", "QUEUE_WORKER"),
     ("test-jobs", "testjob.wasm", "TESTJOB"),
     ("test-jobs", "command.wasm", "COMMAND"),
+    ("test-jobs", "http-command.wasm", "HTTP_COMMAND"),
 ];
 
 /// (core-jobs binary, constant name): Rust wasm32-wasip1 programs.

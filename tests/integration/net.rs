@@ -1,6 +1,7 @@
 //! The job's network: nothing without `--allow-net`, and with it only what the list
 //! names, checked against real listeners on 127.0.0.1 that count the connections
-//! that reach them; and a job blocked on a socket is still stopped at the deadline.
+//! that reach them, and a real HTTP server (`python3 -m http.server`) that logs the
+//! requests; and a job blocked on a socket or an HTTP response still stops.
 
 use std::net::{TcpListener, UdpSocket};
 use std::process::Stdio;
@@ -192,6 +193,146 @@ fn a_job_blocked_reading_a_socket_is_stopped_at_the_deadline() {
     let took = sent.elapsed();
     done.assert_code(143)
         .assert_stderr("stopping the job by force");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(30),
+        "stopped {took:?} after SIGTERM"
+    );
+}
+
+/// `python3 -m http.server` on 127.0.0.1, serving a directory with `data.txt`, its log
+/// of requests in a file; stopped when dropped.
+struct HttpServer {
+    port: u16,
+    log: std::path::PathBuf,
+    server: std::process::Child,
+}
+
+impl HttpServer {
+    fn start(sandbox: &Sandbox) -> HttpServer {
+        let root = sandbox.path().join("www");
+        std::fs::create_dir_all(&root).expect("create the served directory");
+        std::fs::write(root.join("data.txt"), "served over HTTP\n").expect("write data.txt");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let log = sandbox.path().join("http.log");
+        let server = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ])
+            .current_dir(&root)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create the log"))
+            .spawn()
+            .expect("start python3 -m http.server");
+        wait_until("the HTTP server to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        HttpServer { port, log, server }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/data.txt", self.port)
+    }
+
+    /// The requests the server has seen.
+    fn requests(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("\"GET /")
+            .count()
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+    }
+}
+
+#[test]
+fn an_http_request_leaves_the_job_only_for_a_host_and_port_allow_net_names() {
+    let sandbox = Sandbox::new();
+    let server = HttpServer::start(&sandbox);
+    let url = server.url();
+    // The connection this test made to see the server listen is not a request.
+    let before = server.requests();
+
+    job(&sandbox, &[], &["http-get", &url])
+        .assert_code(0)
+        .assert_stdout("request failed: ErrorCode::HttpRequestDenied")
+        .assert_stderr(&format!(
+            "the job may not send an HTTP request to 127.0.0.1:{}",
+            server.port
+        ));
+    job(
+        &sandbox,
+        &["--allow-net", "127.0.0.1:1"],
+        &["http-get", &url],
+    )
+    .assert_stdout("request failed: ErrorCode::HttpRequestDenied");
+    assert_eq!(
+        server.requests(),
+        before,
+        "a denied request reached the server"
+    );
+
+    job(
+        &sandbox,
+        &["--allow-net", &format!("127.0.0.1:{}", server.port)],
+        &["http-get", &url],
+    )
+    .assert_code(0)
+    .assert_stdout("status 200, 17 bytes\nserved over HTTP\n");
+    // A plain command may import wasi:http too, under the same list.
+    run(sandbox
+        .runner()
+        .args(["--allow-net", &format!("localhost:{}", server.port)])
+        .arg(test_guests::HTTP_COMMAND)
+        .arg(format!("http://localhost:{}/data.txt", server.port)))
+    .assert_code(0)
+    .assert_stdout("status 200, 17 bytes");
+    wait_until("the server's log of 2 requests", || {
+        (server.requests() == before + 2).then_some(())
+    });
+}
+
+#[test]
+fn a_job_waiting_for_an_http_response_sees_the_stop_or_is_stopped_at_the_deadline() {
+    let sandbox = Sandbox::new();
+    // Accepts, and never answers.
+    let listener = Listener::new();
+    let url = format!("http://{}/never", listener.address());
+    let start = |how: &str| {
+        let mut command = sandbox.runner();
+        command
+            .args(["--start-over", "--grace", "1s", "--allow-net"])
+            .arg(listener.address())
+            .args([TESTJOB, "http-get", &url, how]);
+        let running = Running::start(&mut command, Stdio::null());
+        running.wait_for_line("ready");
+        running
+    };
+
+    // Waiting on the response's pollable and the stop request at once: the stop wins.
+    let waiting = start("wait");
+    waiting.signal(SIGTERM);
+    waiting.wait_for_line("stop seen by pollable");
+    waiting.wait().assert_code(75);
+
+    // Blocked on the response alone: stopped by force at the deadline.
+    let blocked = start("block");
+    let sent = Instant::now();
+    blocked.signal(SIGTERM);
+    let done = blocked.wait();
+    let took = sent.elapsed();
+    done.assert_code(143);
     assert!(
         took >= Duration::from_secs(1) && took < Duration::from_secs(30),
         "stopped {took:?} after SIGTERM"

@@ -16,6 +16,7 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{HasSelf, Linker, WasmList};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 pub use checkpoint::Checkpoints;
 pub use core_abi::IMPORT_MODULE as CORE_IMPORT_MODULE;
@@ -27,7 +28,7 @@ use crate::checkpoint::output::OutputDir;
 use crate::checkpoint::{MAX_STATE_LEN, Record, Store, StoreError};
 use crate::log;
 use crate::memory::Limiter;
-use crate::net::{self, AllowList, Rule};
+use crate::net::{self, AllowList, HttpHooks, Rule};
 use crate::shutdown::Shutdown;
 use crate::summary::RunStatus;
 
@@ -76,6 +77,9 @@ pub struct JobState {
     limiter: Limiter,
     /// What the job's sockets may reach.
     allowed_net: Arc<AllowList>,
+    /// `wasi:http`, its requests checked against the same list.
+    http: WasiHttpCtx,
+    http_hooks: HttpHooks,
 }
 
 impl std::fmt::Debug for JobState {
@@ -113,6 +117,8 @@ impl JobState {
             progress: Progress::new(status),
             core: core_abi::CoreState::default(),
             limiter,
+            http: WasiHttpCtx::new(),
+            http_hooks: HttpHooks::new(Arc::clone(&allowed_net)),
             allowed_net,
         };
         state.limiter.hold(state.checkpoints.held());
@@ -168,10 +174,22 @@ impl WasiView for JobState {
     }
 }
 
+impl WasiHttpView for JobState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.http_hooks,
+            table: self.wasi.ctx().table,
+            ctx: &mut self.http,
+        }
+    }
+}
+
 /// Adds WASI 0.2 (async) and the runner's interfaces to the component `linker`.
 pub fn add_to_linker(linker: &mut Linker<JobState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     net::add_lookup_to_linker(linker)?;
+    // For jobs and commands that import it: requests go where --allow-net says.
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     use bindings::runner::job;
     job::lifecycle::add_to_linker::<_, lifecycle::LifecycleData>(linker, |state| {
         lifecycle::LifecycleView {
