@@ -16,7 +16,7 @@ from pathlib import Path
 
 SDK = Path(__file__).resolve().parent
 WIT = SDK.parent.parent / "wit"
-WORLD = "runner:job/job"
+WORLD = "runner:job/job-http"
 
 
 def componentize_py() -> str:

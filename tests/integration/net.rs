@@ -338,3 +338,75 @@ fn a_job_waiting_for_an_http_response_sees_the_stop_or_is_stopped_at_the_deadlin
         "stopped {took:?} after SIGTERM"
     );
 }
+
+#[test]
+fn a_python_job_fetching_its_input_over_http_resumes_with_the_same_answer() {
+    let sandbox = Sandbox::new();
+    let server = HttpServer::start(&sandbox);
+    const PARTS: u64 = 8;
+    let mut expected = 0;
+    for part in 0..PARTS {
+        let numbers: Vec<u64> = (0..100).map(|n| part * 1000 + n).collect();
+        expected += numbers.iter().sum::<u64>();
+        let text: Vec<String> = numbers.iter().map(u64::to_string).collect();
+        std::fs::write(
+            sandbox.path().join(format!("www/part-{part}.txt")),
+            text.join("\n"),
+        )
+        .expect("write a part");
+    }
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let fetch = |job_id: &str| {
+        let mut command = sandbox.runner();
+        command
+            .args(["--job-id", job_id, "--allow-net"])
+            .arg(format!("127.0.0.1:{}", server.port))
+            .args([test_guests::PYTHON_TESTJOB, "fetch", &base])
+            .arg(PARTS.to_string());
+        command
+    };
+    let before = server.requests();
+
+    // Uninterrupted.
+    run(&mut fetch("whole"))
+        .assert_code(0)
+        .assert_stdout(&format!("total {expected}\n"));
+
+    // Stopped after some parts, then run again: the same total, from where it stopped.
+    let mut command = fetch("stopped");
+    let running = Running::start(&mut command, Stdio::null());
+    running.wait_for_line("fetched part 2");
+    running.signal(SIGTERM);
+    let stopped = running.wait();
+    stopped.assert_code(75);
+    let done_before: usize = stopped.stdout.matches("fetched part").count();
+    let rerun = run(&mut fetch("stopped"));
+    rerun
+        .assert_code(0)
+        .assert_stdout(&format!("total {expected}\n"));
+    assert!(
+        !rerun.stdout.contains("fetched part 0"),
+        "the rerun started over:\n{}",
+        rerun.stdout
+    );
+    assert_eq!(
+        done_before + rerun.stdout.matches("fetched part").count(),
+        PARTS as usize,
+        "each part counted once"
+    );
+    // Each part fetched once in each job, but for the one a stop may cut short.
+    let requests = server.requests() - before;
+    assert!(
+        (2 * PARTS as usize..=2 * PARTS as usize + 1).contains(&requests),
+        "{requests} requests"
+    );
+
+    // Without --allow-net: refused, and the server sees nothing more.
+    run(sandbox
+        .runner()
+        .args([test_guests::PYTHON_TESTJOB, "fetch-denied"])
+        .arg(format!("{base}/part-0.txt")))
+    .assert_code(0)
+    .assert_stdout("refused: HttpRequestDenied");
+    assert_eq!(server.requests() - before, requests);
+}

@@ -34,7 +34,19 @@ import time
 import traceback
 import weakref
 from os import PathLike
-from typing import Any, Callable, Iterable, Iterator, List, Optional, Union, get_type_hints
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Tuple,
+    Union,
+    get_type_hints,
+)
+from urllib.parse import urlsplit
 
 import wit_world
 from componentize_py_types import Err
@@ -42,6 +54,9 @@ from wit_world.imports import checkpoint as _checkpoint
 from wit_world.imports import exit as _exit
 from wit_world.imports import lifecycle as _lifecycle
 from wit_world.imports import monotonic_clock as _clock
+from wit_world.imports import outgoing_handler as _outgoing
+from wit_world.imports import streams as _streams
+from wit_world.imports import wasi_http_types as _http
 from wit_world.imports import poll as _poll
 from wit_world.imports import progress as _progress
 
@@ -50,10 +65,12 @@ __all__ = [
     "SUSPENDED",
     "CheckpointError",
     "Ctx",
+    "HttpError",
     "Lines",
     "Stopped",
     "deadline",
     "exit",
+    "http_get",
     "job",
     "report_progress",
     "shutdown_requested",
@@ -143,6 +160,71 @@ def wait_for(pollables: List[Any]) -> Optional[int]:
     if shutdown_requested():
         return None
     return next((index for index in ready if index < len(pollables)), None)
+
+
+class HttpError(Exception):
+    """An HTTP request that got no response: refused because ``runner --allow-net`` does
+    not name its host and port (``HttpRequestDenied``), a connection or DNS error, a
+    broken response. ``code`` is the ``wasi:http`` error code's name."""
+
+    def __init__(self, url: str, code: Any):
+        self.code = code if isinstance(code, str) else type(code).__name__.replace("ErrorCode_", "")
+        super().__init__(f"GET {url}: {self.code}")
+
+
+def http_get(url: str, headers: Optional[Dict[str, str]] = None) -> Tuple[int, bytes]:
+    """Sends a GET for ``url`` (``http://`` or ``https://``) through ``wasi:http``, and
+    returns the response's status and body. Only the hosts and ports ``runner
+    --allow-net`` names are reached; any other request raises :class:`HttpError`. While
+    it waits for the response and its body, a stop request ends the wait at once: it
+    raises :class:`Stopped`, and the run ends suspended, from the state saved last (in
+    a batch, the place before the item that was fetching)."""
+    parts = urlsplit(url)
+    schemes = {"http": _http.Scheme_Http(), "https": _http.Scheme_Https()}
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ValueError(f"{url!r} is not an http:// or https:// URL")
+    fields = _http.Fields.from_list(
+        [(name, value.encode()) for name, value in (headers or {}).items()]
+    )
+    request = _http.OutgoingRequest(fields)
+    request.set_scheme(schemes[parts.scheme])
+    request.set_authority(parts.netloc)
+    request.set_path_with_query((parts.path or "/") + (f"?{parts.query}" if parts.query else ""))
+    try:
+        pending = _outgoing.handle(request, None)
+    except Err as error:
+        raise HttpError(url, error.value) from None
+    # Each resource is dropped before the one it came from, as WASI requires.
+    with pending:
+        with pending.subscribe() as ready:
+            if wait_for([ready]) is None:
+                raise Stopped()
+        with _response(url, pending.get()) as response, response.consume() as body:
+            with body.stream() as stream, stream.subscribe() as readable:
+                chunks = []
+                while True:
+                    try:
+                        chunk = stream.read(64 * 1024)
+                    except Err as error:
+                        if isinstance(error.value, _streams.StreamError_Closed):
+                            break
+                        raise HttpError(url, error.value) from None
+                    if chunk:
+                        chunks.append(chunk)
+                    elif wait_for([readable]) is None:
+                        raise Stopped()
+            return response.status(), b"".join(chunks)
+
+
+def _response(url: str, result: Any) -> Any:
+    """The response in what ``future-incoming-response.get`` returns once it is ready:
+    ``Ok(Ok(response))``, ``Ok(Err(error-code))``, or ``Err`` once taken."""
+    if result is None or isinstance(result, Err):
+        raise HttpError(url, "no response")
+    inner = result.value
+    if isinstance(inner, Err):
+        raise HttpError(url, inner.value)
+    return inner.value
 
 
 def sleep(seconds: float) -> bool:

@@ -42,6 +42,26 @@ def run(ctx):
                 out.write(f"{line}\n")
                 first = line if first is None else first
                 runner_job.sleep(max(0.0, start + 0.003 * (line + 1 - first) - time.monotonic()))
+    elif mode == "fetch":
+        # Fetches BASE/part-I.txt for I in 0..N over HTTP, one item of a batch each,
+        # adding up the numbers in them, 100 ms apart; resumes at the part it was
+        # fetching when it was stopped.
+        base, n = args[0], int(args[1])
+        ctx.state.setdefault("total", 0)
+        ready()
+        for i in ctx.batch(range(n), save_every_items=1):
+            status, body = runner_job.http_get(f"{base}/part-{i}.txt")
+            if status != 200:
+                raise RuntimeError(f"part {i}: HTTP {status}")
+            ctx.state["total"] += sum(int(word) for word in body.split())
+            print(f"fetched part {i}", flush=True)
+            runner_job.sleep(0.1)
+        print(f"total {ctx.state['total']}")
+    elif mode == "fetch-denied":
+        try:
+            runner_job.http_get(args[0])
+        except runner_job.HttpError as error:
+            print(f"refused: {error.code}")
     elif mode == "output":
         # Appends ARG2 and a line break to ARG in the output directory, through
         # `ctx.output`, and completes.
