@@ -410,3 +410,62 @@ fn a_python_job_fetching_its_input_over_http_resumes_with_the_same_answer() {
     .assert_stdout("refused: HttpRequestDenied");
     assert_eq!(server.requests() - before, requests);
 }
+
+#[test]
+fn a_job_blocked_in_a_connect_that_never_completes_is_stopped_at_the_deadline() {
+    let sandbox = Sandbox::new();
+    // A listener with a backlog of 0 and one connection waiting in it, never accepted:
+    // the kernel drops further SYNs, so a connect to it hangs.
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys, time\n\
+             l = socket.socket(); l.bind(('127.0.0.1', 0)); l.listen(0)\n\
+             c = socket.socket(); c.connect(l.getsockname())\n\
+             print(l.getsockname()[1], flush=True); time.sleep(600)",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start python3");
+    let mut port = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("piped")),
+        &mut port,
+    )
+    .expect("the port");
+    let port: u16 = port.trim().parse().expect("a port");
+    let address = format!("127.0.0.1:{port}");
+
+    let mut command = sandbox.runner();
+    command.args([
+        "--grace",
+        "1s",
+        "--allow-net",
+        &address,
+        TESTJOB,
+        "net-connect",
+        &address,
+    ]);
+    let running = Running::start(&mut command, Stdio::null());
+    // The job's SYN, unanswered (state 02, SYN_SENT, towards the port).
+    let remote = format!(":{port:04X} 02 ");
+    wait_until("the job's connect to hang in SYN_SENT", || {
+        std::fs::read_to_string("/proc/net/tcp")
+            .ok()?
+            .lines()
+            .any(|line| line.contains(&format!("0100007F{remote}")))
+            .then_some(())
+    });
+    let sent = Instant::now();
+    running.signal(SIGTERM);
+    let done = running.wait();
+    let took = sent.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    done.assert_code(143)
+        .assert_stderr("stopping the job by force");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(30),
+        "stopped {took:?} after SIGTERM"
+    );
+}
