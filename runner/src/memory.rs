@@ -281,6 +281,24 @@ impl Limiter {
     }
 }
 
+impl Limiter {
+    /// A memory or table growing from `current` to `desired` units of `unit` bytes.
+    /// Called before wasmtime checks the memory's or table's own `maximum`: a growth
+    /// past it fails anyway, and must not count.
+    fn growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+        unit: u64,
+    ) -> bool {
+        if maximum.is_some_and(|maximum| desired > maximum) {
+            return false;
+        }
+        self.grow((desired.saturating_sub(current) as u64).saturating_mul(unit))
+    }
+}
+
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
@@ -288,12 +306,7 @@ impl wasmtime::ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Called before wasmtime checks the maximum of the memory or table itself: a
-        // growth past it fails anyway, and must not count.
-        if maximum.is_some_and(|maximum| desired > maximum) {
-            return Ok(false);
-        }
-        Ok(self.grow(desired.saturating_sub(current) as u64))
+        Ok(self.growing(current, desired, maximum, 1))
     }
 
     fn table_growing(
@@ -302,13 +315,7 @@ impl wasmtime::ResourceLimiter for Limiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        // Called before wasmtime checks the maximum of the memory or table itself: a
-        // growth past it fails anyway, and must not count.
-        if maximum.is_some_and(|maximum| desired > maximum) {
-            return Ok(false);
-        }
-        let elements = desired.saturating_sub(current) as u64;
-        Ok(self.grow(elements.saturating_mul(TABLE_ELEMENT)))
+        Ok(self.growing(current, desired, maximum, TABLE_ELEMENT))
     }
 }
 
