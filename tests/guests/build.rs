@@ -20,7 +20,8 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("queue-worker", "queue_worker.wasm", "QUEUE_WORKER"),
     ("test-jobs", "testjob.wasm", "TESTJOB"),
     ("test-jobs", "command.wasm", "COMMAND"),
-    ("test-jobs", "http-command.wasm", "HTTP_COMMAND"),
+    ("http-job", "httpjob.wasm", "HTTP_JOB"),
+    ("http-job", "http-command.wasm", "HTTP_COMMAND"),
 ];
 
 /// (core-jobs binary, constant name): Rust wasm32-wasip1 programs.

@@ -24,6 +24,15 @@ fn job(sandbox: &Sandbox, options: &[&str], job_args: &[&str]) -> Finished {
         .args(job_args))
 }
 
+/// Runs the HTTP job with the runner's `options`, for `url`, anew each time.
+fn http_job(sandbox: &Sandbox, options: &[&str], url: &str) -> Finished {
+    run(sandbox
+        .runner()
+        .arg("--start-over")
+        .args(options)
+        .args([test_guests::HTTP_JOB, url]))
+}
+
 /// A TCP listener on 127.0.0.1 that counts the connections it accepts (and keeps them
 /// open, writing nothing).
 struct Listener {
@@ -270,29 +279,25 @@ fn an_http_request_leaves_the_job_only_for_a_host_and_port_allow_net_names() {
     // The connection this test made to see the server listen is not a request.
     let before = server.requests();
 
-    job(&sandbox, &[], &["http-get", &url])
+    http_job(&sandbox, &[], &url)
         .assert_code(0)
         .assert_stdout("request failed: ErrorCode::HttpRequestDenied")
         .assert_stderr(&format!(
             "the job may not send an HTTP request to 127.0.0.1:{}",
             server.port
         ));
-    job(
-        &sandbox,
-        &["--allow-net", "127.0.0.1:1"],
-        &["http-get", &url],
-    )
-    .assert_stdout("request failed: ErrorCode::HttpRequestDenied");
+    http_job(&sandbox, &["--allow-net", "127.0.0.1:1"], &url)
+        .assert_stdout("request failed: ErrorCode::HttpRequestDenied");
     assert_eq!(
         server.requests(),
         before,
         "a denied request reached the server"
     );
 
-    job(
+    http_job(
         &sandbox,
         &["--allow-net", &format!("127.0.0.1:{}", server.port)],
-        &["http-get", &url],
+        &url,
     )
     .assert_code(0)
     .assert_stdout("status 200, 17 bytes\nserved over HTTP\n");
@@ -320,7 +325,7 @@ fn a_job_waiting_for_an_http_response_sees_the_stop_or_is_stopped_at_the_deadlin
         command
             .args(["--start-over", "--grace", "1s", "--allow-net"])
             .arg(listener.address())
-            .args([TESTJOB, "http-get", &url, how]);
+            .args([test_guests::HTTP_JOB, &url, how]);
         let running = Running::start(&mut command, Stdio::null());
         running.wait_for_line("ready");
         running
@@ -329,7 +334,7 @@ fn a_job_waiting_for_an_http_response_sees_the_stop_or_is_stopped_at_the_deadlin
     // Waiting on the response's pollable and the stop request at once: the stop wins.
     let waiting = start("wait");
     waiting.signal(SIGTERM);
-    waiting.wait_for_line("stop seen by pollable");
+    waiting.wait_for_line("stop seen while waiting for the response");
     waiting.wait().assert_code(75);
 
     // Blocked on the response alone: stopped by force at the deadline.

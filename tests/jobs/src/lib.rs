@@ -69,8 +69,6 @@ fn hog() -> ! {
     }
 }
 
-mod http;
-
 #[guest_sdk::job]
 fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
     let mut args = std::env::args().skip(1);
@@ -403,33 +401,6 @@ fn run(ctx: &mut Ctx<State>) -> Result<Outcome> {
             match sent {
                 Ok(_) => println!("sent to {address}"),
                 Err(error) => println!("send to {address} failed: {error}"),
-            }
-            Ok(Outcome::Completed)
-        }
-        // A GET of ARG through wasi:http, waiting for the response or the stop request
-        // (`wait`), or for the response alone (`block`: the deadline stops it).
-        "http-get" => {
-            let url = arg.unwrap_or_default();
-            let pending = match http::get(&url) {
-                Ok(pending) => pending,
-                Err(error) => {
-                    println!("request failed: {error}");
-                    return Ok(Outcome::Completed);
-                }
-            };
-            ready();
-            if arg2.as_deref() == Some("block") {
-                pending.subscribe().block();
-            } else if guest_sdk::wait_for(&[&pending.subscribe()]).is_none() {
-                report_stop("pollable");
-                return ctx.suspend();
-            }
-            match http::read(&pending) {
-                Ok((status, body)) => {
-                    println!("status {status}, {} bytes", body.len());
-                    println!("{}", String::from_utf8_lossy(&body).trim_end());
-                }
-                Err(error) => println!("request failed: {error}"),
             }
             Ok(Outcome::Completed)
         }
